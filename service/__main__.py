@@ -1,0 +1,190 @@
+"""The command line: serve, migrate, token, project add, schema.
+
+`python -m service --help` lists them; every command reads the same environment as the server
+(DATABASE_URL, HERALD_DATA_DIR, HERALD_SECRET), so a token printed here is valid there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from . import auth, db
+from .config import ConfigError, Settings, load_settings
+from .messages import ProjectCreate, json_schema
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The database URL for a CLI command: the configured one, or the embedded server (started if the
+    service is not running, joined if it is, and let go of afterwards)."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    embedded = db.start_embedded(settings.data_dir)
+    try:
+        yield embedded.url
+    finally:
+        embedded.stop()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app, server_config
+
+    settings = load_settings()
+    app = create_app(settings)
+    config = server_config(app, host=args.host, port=args.port, log_level=args.log_level)
+    config.access_log = args.access_log
+    server = uvicorn.Server(config)
+
+    async def serve() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        if server.started and args.print_url:
+            token = auth.issue(settings.signing_secret(), user="admin", projects="*", scopes=["admin"])
+            host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+            port = server.servers[0].sockets[0].getsockname()[1] if server.servers else args.port
+            print(f"\n  Herald is running. Open the dashboard:\n\n    http://{host}:{port}/#token={token}\n", flush=True)
+        await task
+
+    asyncio.run(serve())
+    return 0 if server.started else 1
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    with database(settings) as url:
+        if args.down is not None:
+            db.downgrade(url, args.down)
+            print(f"downgraded to {args.down}")
+        else:
+            db.migrate(url, args.revision)
+            print(f"migrated to {args.revision}")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    projects = "*" if args.projects.strip() == "*" else [p.strip() for p in args.projects.split(",") if p.strip()]
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    try:
+        token = auth.issue(
+            settings.signing_secret(), user=args.user, projects=projects, scopes=scopes, ttl_s=args.ttl
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def cmd_project_add(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from . import log as event_log
+
+    try:
+        body = ProjectCreate(id=args.id, name=args.name, repo=args.repo)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        return 2
+    settings = load_settings()
+
+    async def add(url: str) -> int:
+        import asyncpg
+
+        await db.migrate_async(url)
+        conn = await asyncpg.connect(db.asyncpg_dsn(url))
+        try:
+            project = await event_log.create_project(conn, id=body.id, name=body.name, repo=body.repo)
+        except event_log.ProjectExists:
+            print(f"error: project {body.id!r} already exists", file=sys.stderr)
+            return 1
+        except event_log.RepoTaken:
+            print(f"error: repo {body.repo!r} belongs to another project", file=sys.stderr)
+            return 1
+        finally:
+            await conn.close()
+        print(json.dumps(project.to_dict()))
+        return 0
+
+    with database(settings) as url:
+        return asyncio.run(add(url))
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    text = json.dumps(json_schema(), indent=2, sort_keys=False) + "\n"
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Herald: durable real-time notifications for engineering dashboards.",
+    )
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the service (API, /ws, dashboard); applies migrations first")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--no-access-log", dest="access_log", action="store_false", help="quieter logs")
+    serve.add_argument(
+        "--print-url", action="store_true", help="once ready, print a dashboard URL carrying an admin token"
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="apply the database migrations (or roll them back)")
+    migrate.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
+    migrate.add_argument("--down", metavar="REVISION", help="downgrade to REVISION instead (e.g. base)")
+    migrate.set_defaults(func=cmd_migrate)
+
+    token = sub.add_parser("token", help="print a signed token, alone, on stdout")
+    token.add_argument("--user", required=True)
+    token.add_argument("--projects", required=True, help="comma-separated project ids, or '*' for all")
+    token.add_argument("--scopes", required=True, help="comma-separated: subscribe,publish,admin")
+    token.add_argument("--ttl", type=int, default=auth.DEFAULT_TTL_S, help="seconds (default 86400)")
+    token.set_defaults(func=cmd_token)
+
+    project = sub.add_parser("project", help="manage projects")
+    project_sub = project.add_subparsers(dest="project_command", required=True, metavar="ACTION")
+    add = project_sub.add_parser("add", help="create a project")
+    add.add_argument("id")
+    add.add_argument("--name", required=True)
+    add.add_argument("--repo", default=None, help="OWNER/NAME of the GitHub repository it follows")
+    add.set_defaults(func=cmd_project_add)
+
+    schema = sub.add_parser("schema", help="write the JSON Schema of every wire message")
+    schema.add_argument("--out", help="file to write (default: stdout)")
+    schema.set_defaults(func=cmd_schema)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("herald").setLevel(logging.INFO)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,404 @@
+"""The HTTP API of PROTOCOL.md §3: thin routes over log.py and cursors.py.
+
+Every failure, including malformed JSON, FastAPI's own validation errors, unknown routes and a
+database outage, is answered with the contract's error body `{"error", "message", "field"?}`.
+Bodies are read and parsed here rather than by FastAPI so that size (413), syntax (400) and shape
+(422) are told apart, in that order, before anything touches the database.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from .. import cursors, db
+from .. import log as event_log
+from ..app import Runtime
+from ..auth import InvalidToken, Principal, Scope, verify
+from ..codes import HTTP_STATUS, ErrorCode
+from ..messages import (
+    DATA_MODELS,
+    MAX_MESSAGE_BYTES,
+    AckRequest,
+    AckResult,
+    CursorList,
+    ErrorBody,
+    Event,
+    EventPage,
+    EventType,
+    Health,
+    Project,
+    ProjectCreate,
+    ProjectList,
+    PublishRequest,
+)
+
+JSON = "application/json"
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(Exception):
+    """An error answered with the contract's JSON body."""
+
+    def __init__(self, code: ErrorCode, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def response(self) -> JSONResponse:
+        return error_response(self.code, self.message, field=self.field)
+
+
+def error_response(
+    code: ErrorCode, message: str, *, field: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body: dict[str, Any] = {"error": code.value, "message": message}
+    if field is not None:
+        body["field"] = field
+    return JSONResponse(body, status_code=HTTP_STATUS[code], headers=headers)
+
+
+def json_response(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type=JSON)
+
+
+# --- dependencies ------------------------------------------------------------------------------------
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+_bearer = HTTPBearer(auto_error=False, description="A token from `python -m service token`")
+
+
+def authenticated(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> Principal:
+    if credentials is None:
+        raise ApiError(ErrorCode.UNAUTHORIZED, "missing bearer token (Authorization: Bearer TOKEN)")
+    try:
+        return verify(runtime(request).secret, credentials.credentials)
+    except InvalidToken as exc:
+        raise ApiError(ErrorCode.UNAUTHORIZED, str(exc)) from None
+
+
+Auth = Annotated[Principal, Depends(authenticated)]
+Rt = Annotated[Runtime, Depends(runtime)]
+
+
+def require(principal: Principal, scope: Scope, project_id: str) -> None:
+    """403 unless the token names the project and carries the scope."""
+    if not principal.names(project_id):
+        raise ApiError(ErrorCode.FORBIDDEN, f"this token does not grant access to project {project_id!r}")
+    if not principal.has(scope):
+        raise ApiError(ErrorCode.FORBIDDEN, f"this token lacks the {scope!r} scope")
+
+
+def project_missing(project_id: str) -> ApiError:
+    return ApiError(ErrorCode.NOT_FOUND, f"no project {project_id!r}")
+
+
+async def read_json(request: Request, limit: int = MAX_MESSAGE_BYTES) -> Any:
+    """The request body parsed as JSON: 413 past `limit` bytes (before parsing), 400 when malformed."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(ErrorCode.TOO_LARGE, f"body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(ErrorCode.TOO_LARGE, f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        raise ApiError(ErrorCode.INVALID_JSON, "the body is empty; expected a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(ErrorCode.INVALID_JSON, f"the body is not valid JSON: {exc}") from None
+
+
+def validate(model: type[M], value: Any, *, prefix: str = "") -> M:
+    """`value` as `model`, or 422 `invalid_data` naming the first offending field as a dotted path."""
+    if not isinstance(value, dict):
+        raise ApiError(
+            ErrorCode.INVALID_DATA,
+            f"{prefix or 'the body'} must be a JSON object",
+            field=prefix or None,
+        )
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise invalid_data(exc, prefix) from None
+
+
+def invalid_data(exc: ValidationError, prefix: str = "") -> ApiError:
+    first = exc.errors()[0]
+    path = ".".join(str(part) for part in first["loc"])
+    field = ".".join(p for p in (prefix, path) if p) or None
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    return ApiError(ErrorCode.INVALID_DATA, f"{field}: {message}" if field else message, field=field)
+
+
+def validate_event_data(type: str, data: Any) -> dict[str, Any]:
+    """The event's data, checked against its type's schema; `null` fields dropped (they mean absent)."""
+    model = DATA_MODELS.get(type)
+    if model is None:
+        raise ApiError(
+            ErrorCode.INVALID_DATA,
+            f"type: unknown event type {type!r}; expected one of {', '.join(DATA_MODELS)}",
+            field="type",
+        )
+    validate(model, data, prefix="data")
+    return {k: v for k, v in data.items() if v is not None}
+
+
+# --- routes ------------------------------------------------------------------------------------------
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 413, 422, 503)
+}
+
+router = APIRouter()
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+    }
+
+
+@router.get("/healthz", response_model=Health, responses={503: {"model": ErrorBody}}, tags=["health"])
+async def healthz(rt: Rt) -> Response:
+    """200 while the database answers; 503 `unavailable` otherwise."""
+    if await db.check(rt.pool, timeout=min(rt.settings.db_timeout_s, 2.0)):
+        return json_response({"status": "ok"})
+    return error_response(ErrorCode.UNAVAILABLE, "the database is unreachable", headers={"Retry-After": "1"})
+
+
+@router.post(
+    "/api/projects",
+    status_code=201,
+    response_model=Project,
+    responses={**ERRORS, 409: {"model": ErrorBody}},
+    openapi_extra=_body(ProjectCreate),
+    tags=["projects"],
+)
+async def create_project(request: Request, principal: Auth, rt: Rt) -> Response:
+    """Create a project (admin). The token must name the project's id, or `*`."""
+    if not principal.has("admin"):
+        raise ApiError(ErrorCode.FORBIDDEN, "creating projects needs the 'admin' scope")
+    body = validate(ProjectCreate, await read_json(request))
+    if not principal.names(body.id):
+        raise ApiError(ErrorCode.FORBIDDEN, f"this token does not grant access to project {body.id!r}")
+    async with rt.connection() as conn:
+        try:
+            project = await event_log.create_project(conn, id=body.id, name=body.name, repo=body.repo)
+        except event_log.ProjectExists:
+            raise ApiError(ErrorCode.EXISTS, f"project {body.id!r} already exists", field="id") from None
+        except event_log.RepoTaken:
+            raise ApiError(
+                ErrorCode.INVALID_DATA, f"repo: {body.repo!r} belongs to another project", field="repo"
+            ) from None
+    return json_response(project.to_dict(), 201)
+
+
+@router.get("/api/projects", response_model=ProjectList, responses=ERRORS, tags=["projects"])
+async def list_projects(principal: Auth, rt: Rt) -> Response:
+    """The projects this token names, with their heads."""
+    async with rt.connection() as conn:
+        projects = await event_log.list_projects(conn, principal.projects)
+    return json_response({"projects": [p.to_dict() for p in projects]})
+
+
+@router.post(
+    "/api/projects/{project_id}/events",
+    status_code=201,
+    response_model=Event,
+    responses={**ERRORS, 200: {"model": Event, "description": "the original event of a repeated messageId"}},
+    openapi_extra=_body(PublishRequest),
+    tags=["events"],
+)
+async def publish(project_id: str, request: Request, principal: Auth, rt: Rt) -> Response:
+    """Append an event (publish). 201 with the new event; 200 with the original for a repeated messageId."""
+    require(principal, "publish", project_id)
+    raw = await read_json(request)
+    body = validate(PublishRequest, raw)
+    if body.project_id is not None and body.project_id != project_id:
+        raise ApiError(
+            ErrorCode.INVALID_DATA,
+            f"projectId: {body.project_id!r} does not match the URL's project {project_id!r}",
+            field="projectId",
+        )
+    data = validate_event_data(body.type, body.data)
+    async with rt.connection() as conn:
+        try:
+            event, created = await event_log.append(
+                conn, project_id=project_id, type=body.type, data=data, message_id=body.message_id
+            )
+        except event_log.ProjectNotFound:
+            raise project_missing(project_id) from None
+    return Response(event.encode(), status_code=201 if created else 200, media_type=JSON)
+
+
+@router.get("/api/projects/{project_id}/events", response_model=EventPage, responses=ERRORS, tags=["events"])
+async def history(
+    project_id: str,
+    principal: Auth,
+    rt: Rt,
+    after: Annotated[int, Query(ge=0, description="only events with seq > after")] = 0,
+    before: Annotated[int | None, Query(ge=1, description="only events with seq < before")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    type: Annotated[EventType | None, Query(description="only events of this type")] = None,
+    order: Annotated[Literal["asc", "desc"], Query()] = "asc",
+) -> Response:
+    """A page of the log (subscribe). `next` is the after (asc) or before (desc) of the next page."""
+    require(principal, "subscribe", project_id)
+    async with rt.connection() as conn:
+        if await event_log.head(conn, project_id) is None:
+            raise project_missing(project_id)
+        events, next_cursor = await event_log.read_page(
+            conn, project_id, after=after, before=before, limit=limit, type=type, order=order
+        )
+    body = b'{"events":[' + b",".join(e.encode() for e in events) + b'],"next":' + orjson.dumps(next_cursor) + b"}"
+    return Response(body, media_type=JSON)
+
+
+@router.get(
+    "/api/projects/{project_id}/cursors", response_model=CursorList, responses=ERRORS, tags=["cursors"]
+)
+async def list_cursors(project_id: str, principal: Auth, rt: Rt) -> Response:
+    """How far each client has acknowledged this project (admin): the auditor's view."""
+    require(principal, "admin", project_id)
+    async with rt.connection() as conn:
+        if await event_log.head(conn, project_id) is None:
+            raise project_missing(project_id)
+        rows = await cursors.list_for_project(conn, project_id)
+    return json_response({"cursors": [c.to_dict() for c in rows]})
+
+
+@router.post(
+    "/api/projects/{project_id}/ack",
+    response_model=AckResult,
+    responses=ERRORS,
+    openapi_extra=_body(AckRequest),
+    tags=["cursors"],
+)
+async def ack(project_id: str, request: Request, principal: Auth, rt: Rt) -> Response:
+    """Acknowledge everything up to `seq` for `clientId` (subscribe); the cursor never moves back."""
+    require(principal, "subscribe", project_id)
+    body = validate(AckRequest, await read_json(request))
+    async with rt.connection() as conn:
+        try:
+            seq = await cursors.advance(
+                conn, project_id=project_id, user=principal.user, client_id=body.client_id, seq=body.seq
+            )
+        except event_log.ProjectNotFound:
+            raise project_missing(project_id) from None
+        except cursors.AckBeyondHead as exc:
+            raise ApiError(ErrorCode.INVALID_ACK, str(exc), field="seq") from None
+    return json_response({"seq": seq})
+
+
+# --- errors, the dashboard, the OpenAPI document ------------------------------------------------------
+
+_RESERVED_PREFIXES = ("api/", "api", "ws", "webhooks/", "healthz", "metrics")
+
+
+def _frontend_routes(app: FastAPI, dist: Path | None) -> None:
+    index = dist / "index.html" if dist is not None else None
+
+    @app.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def frontend(path: str, request: Request) -> Response:
+        """The built dashboard (a single-page app); its client-side routes all get index.html."""
+        if path.startswith(_RESERVED_PREFIXES):
+            # This route also catches known API paths asked with the wrong method: tell them apart.
+            known = any(
+                r is not request.scope.get("route") and r.matches(request.scope)[0] is Match.PARTIAL
+                for r in app.router.routes
+            )
+            raise StarletteHTTPException(405 if known else 404)
+        if request.method not in ("GET", "HEAD"):
+            raise StarletteHTTPException(405)
+        if index is None or not index.exists():
+            return HTMLResponse(
+                "<!doctype html><title>Herald</title><h1>Herald</h1><p>The API is running. The dashboard "
+                "is not built: run <code>make run</code> (or <code>npm run build</code> in "
+                "<code>frontend/</code>).</p>"
+            )
+        assert dist is not None
+        candidate = (dist / path).resolve()
+        if path and candidate.is_file() and candidate.is_relative_to(dist.resolve()):
+            return FileResponse(candidate)
+        return FileResponse(index, headers={"Cache-Control": "no-cache"})
+
+
+def install(app: FastAPI, *, frontend_dist: Path | None) -> None:
+    """Attach the routes, the error handlers and the dashboard to `app`."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(db.DatabaseUnavailable)
+    async def _unavailable(request: Request, exc: db.DatabaseUnavailable) -> Response:
+        return error_response(
+            ErrorCode.UNAVAILABLE,
+            f"the database is unreachable ({exc}); nothing was written, retry",
+            headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0]
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body", "header")]
+        field = ".".join(loc) or None
+        message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
+        return error_response(ErrorCode.INVALID_DATA, message, field=field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            return error_response(ErrorCode.NOT_FOUND, f"no route {request.url.path}")
+        if exc.status_code == 405:
+            return error_response(
+                ErrorCode.METHOD_NOT_ALLOWED, f"{request.method} is not allowed on {request.url.path}"
+            )
+        status = exc.status_code
+        return JSONResponse({"error": "http_error", "message": str(exc.detail)}, status_code=status)
+
+    app.include_router(router)
+    _frontend_routes(app, frontend_dist)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (PublishRequest, ProjectCreate, AckRequest):
+                definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(definition.pop("$defs", {}))
+                components[model.__name__] = definition
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

