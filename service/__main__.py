@@ -47,13 +47,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         task = asyncio.create_task(server.serve())
-        while not server.started and not task.done():
+        while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn exposes only a flag
             await asyncio.sleep(0.05)
         if server.started and args.print_url:
             token = auth.issue(settings.signing_secret(), user="admin", projects="*", scopes=["admin"])
             host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
             port = server.servers[0].sockets[0].getsockname()[1] if server.servers else args.port
-            print(f"\n  Herald is running. Open the dashboard:\n\n    http://{host}:{port}/#token={token}\n", flush=True)
+            print(
+                f"\n  Herald is running. Open the dashboard:\n\n    http://{host}:{port}/#token={token}\n", flush=True
+            )
         await task
 
     asyncio.run(serve())
@@ -77,9 +79,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     projects = "*" if args.projects.strip() == "*" else [p.strip() for p in args.projects.split(",") if p.strip()]
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
     try:
-        token = auth.issue(
-            settings.signing_secret(), user=args.user, projects=projects, scopes=scopes, ttl_s=args.ttl
-        )
+        token = auth.issue(settings.signing_secret(), user=args.user, projects=projects, scopes=scopes, ttl_s=args.ttl)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -43,10 +43,15 @@ class Runtime:
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection; an unreachable database becomes `DatabaseUnavailable` (503), promptly."""
         try:
-            async with self.pool.acquire(timeout=self.settings.db_timeout_s) as conn:
-                yield conn
+            conn = await self.pool.acquire(timeout=self.settings.db_timeout_s)
+        except Exception as exc:  # any failure to connect (refused, shutting down, not accepting, ...)
+            raise db.DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
+        try:
+            yield conn
         except db.UNAVAILABLE_ERRORS as exc:
             raise db.DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
+        finally:
+            await self.pool.release(conn)
 
 
 async def start_runtime(settings: Settings) -> Runtime:
@@ -79,7 +84,7 @@ async def stop_runtime(runtime: Runtime) -> None:
     await asyncio.gather(*runtime.background, return_exceptions=True)
     try:
         await asyncio.wait_for(runtime.pool.close(), timeout=5)
-    except (TimeoutError, *db.UNAVAILABLE_ERRORS):
+    except db.UNAVAILABLE_ERRORS:  # includes TimeoutError
         runtime.pool.terminate()
     if runtime.embedded is not None:
         await asyncio.to_thread(runtime.embedded.stop)

@@ -82,8 +82,7 @@ async def get(conn: asyncpg.Connection, *, project_id: str, user: str, client_id
 
 async def list_for_project(conn: asyncpg.Connection, project_id: str) -> list[CursorRow]:
     rows = await conn.fetch(
-        'SELECT client_id, "user", seq, updated_at FROM cursors WHERE project_id = $1 '
-        'ORDER BY "user", client_id',
+        'SELECT client_id, "user", seq, updated_at FROM cursors WHERE project_id = $1 ORDER BY "user", client_id',
         project_id,
     )
     return [CursorRow(**dict(r)) for r in rows]

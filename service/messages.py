@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_camel
@@ -344,7 +344,7 @@ def json_schema() -> dict[str, Any]:
         defs.update(schema.pop("$defs", {}))
         defs[model.__name__] = schema
     for name, union in (("ClientMessage", ClientMessage), ("ServerMessage", ServerMessage)):
-        schema = TypeAdapter(union).json_schema(by_alias=True, ref_template="#/$defs/{model}")
+        schema = TypeAdapter(cast(Any, union)).json_schema(by_alias=True, ref_template="#/$defs/{model}")
         defs.update(schema.pop("$defs", {}))
         defs[name] = schema
     return {

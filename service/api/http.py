@@ -284,9 +284,7 @@ async def history(
     return Response(body, media_type=JSON)
 
 
-@router.get(
-    "/api/projects/{project_id}/cursors", response_model=CursorList, responses=ERRORS, tags=["cursors"]
-)
+@router.get("/api/projects/{project_id}/cursors", response_model=CursorList, responses=ERRORS, tags=["cursors"])
 async def list_cursors(project_id: str, principal: Auth, rt: Rt) -> Response:
     """How far each client has acknowledged this project (admin): the auditor's view."""
     require(principal, "admin", project_id)
@@ -327,6 +325,7 @@ _RESERVED_PREFIXES = ("api/", "api", "ws", "webhooks/", "healthz", "metrics")
 
 def _frontend_routes(app: FastAPI, dist: Path | None) -> None:
     index = dist / "index.html" if dist is not None else None
+    root = dist.resolve() if dist is not None else None
 
     @app.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     async def frontend(path: str, request: Request) -> Response:
@@ -346,9 +345,9 @@ def _frontend_routes(app: FastAPI, dist: Path | None) -> None:
                 "is not built: run <code>make run</code> (or <code>npm run build</code> in "
                 "<code>frontend/</code>).</p>"
             )
-        assert dist is not None
+        assert dist is not None and root is not None
         candidate = (dist / path).resolve()
-        if path and candidate.is_file() and candidate.is_relative_to(dist.resolve()):
+        if path and candidate.is_file() and candidate.is_relative_to(root):
             return FileResponse(candidate)
         return FileResponse(index, headers={"Cache-Control": "no-cache"})
 

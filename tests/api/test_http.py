@@ -115,7 +115,9 @@ async def test_publish_is_idempotent_on_message_id(client: httpx.AsyncClient) ->
 async def test_publish_ignores_timestamp_and_seq(client: httpx.AsyncClient) -> None:
     """`timestamp` and `seq` in a publish body are ignored; a matching projectId is accepted."""
     await create(client)
-    r = await publish(client, "p1", "agent_run_progress", RUN, seq=99, timestamp="2000-01-01T00:00:00.000Z", projectId="p1")
+    r = await publish(
+        client, "p1", "agent_run_progress", RUN, seq=99, timestamp="2000-01-01T00:00:00.000Z", projectId="p1"
+    )
     assert r.status_code == 201 and r.json()["seq"] == 1 and not r.json()["timestamp"].startswith("2000")
     r = await publish(client, "p1", "agent_run_progress", RUN, projectId="p2")
     assert_error(r, 422, "invalid_data", "projectId")
@@ -160,7 +162,9 @@ async def test_publish_rejects_invalid_data(client: httpx.AsyncClient, type_: st
 async def test_null_optional_fields_count_as_absent(client: httpx.AsyncClient) -> None:
     """`null` for an optional field is accepted and stored as absent."""
     await create(client)
-    r = await publish(client, "p1", "validation_update", {"name": "lint", "status": "queued", "conclusion": None, "url": None})
+    r = await publish(
+        client, "p1", "validation_update", {"name": "lint", "status": "queued", "conclusion": None, "url": None}
+    )
     assert r.status_code == 201 and r.json()["data"] == {"name": "lint", "status": "queued"}
 
 
@@ -201,14 +205,22 @@ async def test_auth_errors(server: RunningServer, client: httpx.AsyncClient) -> 
         assert_error(await bare.get("/api/projects", headers=server.headers(expired)), 401, "unauthorized")
 
         reader = server.headers(server.token(projects=["p1"], scopes=("subscribe",)))
-        assert_error(await bare.post("/api/projects/p1/events", json={"type": "agent_run_progress", "data": RUN}, headers=reader), 403, "forbidden")
+        assert_error(
+            await bare.post(
+                "/api/projects/p1/events", json={"type": "agent_run_progress", "data": RUN}, headers=reader
+            ),
+            403,
+            "forbidden",
+        )
         assert_error(await bare.post("/api/projects", json={"id": "p2", "name": "n"}, headers=reader), 403, "forbidden")
         assert_error(await bare.get("/api/projects/p1/cursors", headers=reader), 403, "forbidden")
         assert (await bare.get("/api/projects/p1/events", headers=reader)).status_code == 200
 
         writer = server.headers(server.token(projects=["p1"], scopes=("publish",)))
         assert_error(await bare.get("/api/projects/p1/events", headers=writer), 403, "forbidden")
-        assert_error(await bare.post("/api/projects/p1/ack", json={"clientId": "c", "seq": 0}, headers=writer), 403, "forbidden")
+        assert_error(
+            await bare.post("/api/projects/p1/ack", json={"clientId": "c", "seq": 0}, headers=writer), 403, "forbidden"
+        )
 
         other = server.headers(server.token(projects=["p9"], scopes=("admin",)))
         assert_error(await bare.get("/api/projects/p1/events", headers=other), 403, "forbidden")
@@ -317,3 +329,35 @@ async def test_dashboard_placeholder_when_not_built(client: httpx.AsyncClient) -
     """Without a built frontend, `/` explains how to build it instead of failing."""
     r = await client.get("/")
     assert r.status_code == 200 and "make run" in r.text
+
+
+async def test_database_outage_is_503_and_recovers(
+    server: RunningServer, client: httpx.AsyncClient, pg_url: str, database_url: str
+) -> None:
+    """With the database unreachable, publishes and /healthz answer 503 `unavailable` within seconds
+    (nothing is written); once it is back, the same publish succeeds."""
+    import time
+    from urllib.parse import urlsplit
+
+    import asyncpg
+
+    from service import db
+    from tests.conftest import timeout
+
+    await create(client)
+    name = urlsplit(database_url).path.lstrip("/")
+    admin = await asyncpg.connect(db.asyncpg_dsn(pg_url))
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+        started = time.monotonic()
+        r = await publish(client, "p1", "agent_run_progress", RUN, messageId="during-outage")
+        assert_error(r, 503, "unavailable")
+        assert r.headers.get("retry-after") == "1"
+        assert time.monotonic() - started < timeout(6)
+        assert_error(await client.get("/healthz"), 503, "unavailable")
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+    r = await publish(client, "p1", "agent_run_progress", RUN, messageId="during-outage")
+    assert r.status_code == 201 and r.json()["seq"] == 1

@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make run` and `make test`. Everything else is what they stand on.
+# Each setup step is a file target, so a second run only redoes what changed.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+NPM    ?= npm
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+FRONTEND_SOURCES := $(shell find frontend/src frontend/index.html frontend/vite.config.ts frontend/tsconfig.json -type f 2>/dev/null)
+
+.PHONY: run test test-python test-frontend check setup clean help
+
+help:
+	@echo "make run    set up everything and start Herald with its dashboard on an embedded PostgreSQL"
+	@echo "make test   set up everything and run every test and check"
+
+run: setup frontend/dist/index.html
+	$(PY) -m service serve --host $(HOST) --port $(PORT) --print-url
+
+test: setup test-python test-frontend
+
+setup: $(VENV)/.installed frontend/node_modules/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+frontend/node_modules/.installed: frontend/package.json frontend/package-lock.json
+	cd frontend && $(NPM) ci --no-audit --no-fund
+	@touch $@
+
+frontend/dist/index.html: frontend/node_modules/.installed $(FRONTEND_SOURCES)
+	cd frontend && $(NPM) run build
+
+test-python: $(VENV)/.installed
+	$(PY) -m ruff check service tests migrations
+	$(PY) -m mypy
+	$(PY) -m pytest
+
+test-frontend: frontend/node_modules/.installed
+	cd frontend && $(NPM) run typecheck && $(NPM) run lint && $(NPM) test
+
+clean:
+	rm -rf $(VENV) frontend/node_modules frontend/dist
