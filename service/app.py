@@ -7,6 +7,7 @@ own settings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,10 +19,15 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from . import db
+from . import cursors, db
 from .auth import install_log_redaction
+from .codes import CloseCode
 from .config import Settings
+from .cursors import AckBuffer
+from .hub import Client, Hub
+from .listener import Listener
 from .messages import MAX_MESSAGE_BYTES
+from .metrics import Metrics
 
 log = logging.getLogger("herald")
 
@@ -30,14 +36,39 @@ FRONTEND_DIST = db.ROOT / "frontend" / "dist"
 
 @dataclass
 class Runtime:
-    """What one running service holds: its settings, secret and database pool."""
+    """What one running service holds: settings, secret, the pool, and the delivery machinery."""
 
     settings: Settings
     secret: str
     database_url: str
     pool: asyncpg.Pool
     embedded: db.EmbeddedPostgres | None = None
+    hub: Hub = field(init=False)
+    acks: AckBuffer = field(init=False)
+    listener: Listener = field(init=False)
+    metrics: Metrics = field(init=False)
     background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics()
+        self.hub = Hub(self.connection, on_send=self.metrics.sent)
+        self.metrics.watch(self.hub)
+        self.acks = AckBuffer(self.connection)
+        self.listener = Listener(self.database_url, self.hub)
+
+    def start_background(self) -> None:
+        heartbeat_s = self.settings.heartbeat_ms / 1000
+        for coro in (self.listener.run(), self.acks.run(), self.hub.tick(heartbeat_s)):
+            task = asyncio.create_task(coro)
+            self.background.add(task)  # strong references: a collected task would silently stop
+
+    async def cursor(self, conn: asyncpg.Connection, project_id: str, client: Client) -> int | None:
+        """Where `client` resumes `project_id`: its durable cursor, or a newer ack not yet persisted."""
+        key = {"project_id": project_id, "user": client.user, "client_id": client.client_id}
+        stored = await cursors.get(conn, **key)
+        pending = self.acks.peek(**key)
+        candidates = [v for v in (stored, pending) if v is not None]
+        return max(candidates) if candidates else None
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
@@ -79,6 +110,12 @@ async def start_runtime(settings: Settings) -> Runtime:
 
 
 async def stop_runtime(runtime: Runtime) -> None:
+    """Persist every pending ack, close the clients (1001), stop the background work and the pool."""
+    with contextlib.suppress(Exception):
+        await runtime.acks.flush()
+    for client in list(runtime.hub.clients):
+        client.kick(CloseCode.GOING_AWAY, "server shutting down; reconnect and resume")
+    await runtime.hub.close()
     for task in list(runtime.background):
         task.cancel()
     await asyncio.gather(*runtime.background, return_exceptions=True)
@@ -106,7 +143,7 @@ def server_config(app: FastAPI, *, host: str, port: int, log_level: str = "info"
 
 def create_app(settings: Settings, *, frontend_dist: Path | None = FRONTEND_DIST) -> FastAPI:
     """The whole service as an ASGI app. `frontend_dist`: the built dashboard to serve at `/`."""
-    from .api import http
+    from .api import http, websocket
 
     install_log_redaction()
 
@@ -114,6 +151,7 @@ def create_app(settings: Settings, *, frontend_dist: Path | None = FRONTEND_DIST
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await start_runtime(settings)
         app.state.runtime = runtime
+        runtime.start_background()
         log.info("herald ready on %s", db.redact(runtime.database_url))
         try:
             yield
@@ -139,5 +177,6 @@ def create_app(settings: Settings, *, frontend_dist: Path | None = FRONTEND_DIST
             expose_headers=["Retry-After"],
             max_age=600,
         )
+    app.include_router(websocket.router)
     http.install(app, frontend_dist=frontend_dist)
     return app

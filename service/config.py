@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     # How long a request waits for a pooled connection or a statement before answering 503.
     db_timeout_s: float = Field(default=5.0, gt=0, validation_alias="HERALD_DB_TIMEOUT_S")
     pool_size: int = Field(default=10, ge=1, le=200, validation_alias="HERALD_POOL_SIZE")
+    # Per WebSocket: frames queued for a client before it counts as unable to keep up (closed 4429).
+    ws_outbox: int = Field(default=2048, ge=8, validation_alias="HERALD_WS_OUTBOX")
+    # Per WebSocket: inbound messages per second (token bucket) and the burst allowed above it.
+    ws_rate: float = Field(default=500, gt=0, validation_alias="HERALD_WS_RATE")
+    ws_burst: float = Field(default=1000, ge=1, validation_alias="HERALD_WS_BURST")
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

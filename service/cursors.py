@@ -6,7 +6,11 @@ A client that resumes without an explicit position starts right after its cursor
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,6 +19,8 @@ import asyncpg
 
 from .log import ProjectNotFound
 from .messages import format_timestamp
+
+logger = logging.getLogger("herald.cursors")
 
 
 class AckBeyondHead(Exception):
@@ -86,3 +92,64 @@ async def list_for_project(conn: asyncpg.Connection, project_id: str) -> list[Cu
         project_id,
     )
     return [CursorRow(**dict(r)) for r in rows]
+
+
+class AckBuffer:
+    """Acks held in memory and persisted in batches: within `interval_s`, at disconnect, at shutdown.
+
+    Acks can arrive for every event; writing each would cost a transaction per event per client.
+    Holding the highest seq per cursor and writing them together costs one round trip per interval.
+    PROTOCOL.md §6: after a crash, events acked in that last interval may come again (dedupe by seq
+    absorbs them); after a clean disconnect or shutdown, nothing acked comes again.
+    """
+
+    def __init__(self, connection: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]) -> None:
+        self._connection = connection
+        self._pending: dict[tuple[str, str, str], int] = {}
+        self._lock = asyncio.Lock()
+
+    def add(self, *, project_id: str, user: str, client_id: str, seq: int) -> None:
+        key = (project_id, user, client_id)
+        if seq > self._pending.get(key, -1):
+            self._pending[key] = seq
+
+    def peek(self, *, project_id: str, user: str, client_id: str) -> int | None:
+        """The highest ack not yet persisted for this cursor, if any."""
+        return self._pending.get((project_id, user, client_id))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def flush(self, keys: Callable[[tuple[str, str, str]], bool] | None = None) -> None:
+        """Persist pending acks (those matching `keys`, or all). On failure they stay pending and the
+        next flush tries again; the error propagates to the caller."""
+        async with self._lock:
+            batch = {k: v for k, v in self._pending.items() if keys is None or keys(k)}
+            if not batch:
+                return
+            for k in batch:
+                del self._pending[k]
+            try:
+                async with self._connection() as conn:
+                    await advance_many(conn, [(*k, v) for k, v in batch.items()])
+            except BaseException:
+                for k, v in batch.items():
+                    self.add(project_id=k[0], user=k[1], client_id=k[2], seq=v)
+                raise
+
+    async def flush_client(self, user: str, client_id: str) -> None:
+        await self.flush(lambda k: k[1] == user and k[2] == client_id)
+
+    async def run(self, interval_s: float = 0.5) -> None:
+        """Flush every `interval_s` until cancelled (then flush once more)."""
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    await self.flush()
+                except Exception as exc:  # the database is down: keep the acks, try next tick
+                    logger.warning("persisting acks failed, will retry: %s", exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.flush()

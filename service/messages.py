@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, TypeVar, cast
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel
 
 PROJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -123,6 +123,43 @@ DATA_MODELS: dict[str, type[StrictData]] = {
     "pr_notification": PrNotification,
     "validation_update": ValidationUpdate,
 }
+
+
+class InvalidData(ValueError):
+    """Input that does not fit its schema; `field` is the dotted path of the first offending field."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def check(model: type[M], value: Any, *, prefix: str = "") -> M:
+    """`value` as `model`, or InvalidData naming the first offending field (e.g. `data.progress`)."""
+    if not isinstance(value, dict):
+        raise InvalidData(f"{prefix or 'the message'} must be a JSON object", prefix or None)
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(str(part) for part in first["loc"])
+        field = ".".join(p for p in (prefix, path) if p) or None
+        message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        raise InvalidData(f"{field}: {message}" if field else message, field) from None
+
+
+def event_data(type: str, data: Any) -> dict[str, Any]:
+    """An event's data checked against its type's schema, with `null` fields dropped (they mean absent).
+
+    Raises InvalidData (field `type` for an unknown type, `data.…` for the data)."""
+    model = DATA_MODELS.get(type)
+    if model is None:
+        raise InvalidData(f"type: unknown event type {type!r}; expected one of {', '.join(DATA_MODELS)}", "type")
+    check(model, data, prefix="data")
+    return {k: v for k, v in data.items() if v is not None}
 
 
 # --- the event envelope ------------------------------------------------------------------------------

@@ -15,9 +15,10 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ValidationError
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -27,7 +28,6 @@ from ..app import Runtime
 from ..auth import InvalidToken, Principal, Scope, verify
 from ..codes import HTTP_STATUS, ErrorCode
 from ..messages import (
-    DATA_MODELS,
     MAX_MESSAGE_BYTES,
     AckRequest,
     AckResult,
@@ -37,10 +37,13 @@ from ..messages import (
     EventPage,
     EventType,
     Health,
+    InvalidData,
     Project,
     ProjectCreate,
     ProjectList,
     PublishRequest,
+    check,
+    event_data,
 )
 
 JSON = "application/json"
@@ -135,39 +138,17 @@ async def read_json(request: Request, limit: int = MAX_MESSAGE_BYTES) -> Any:
 
 def validate(model: type[M], value: Any, *, prefix: str = "") -> M:
     """`value` as `model`, or 422 `invalid_data` naming the first offending field as a dotted path."""
-    if not isinstance(value, dict):
-        raise ApiError(
-            ErrorCode.INVALID_DATA,
-            f"{prefix or 'the body'} must be a JSON object",
-            field=prefix or None,
-        )
     try:
-        return model.model_validate(value)
-    except ValidationError as exc:
-        raise invalid_data(exc, prefix) from None
-
-
-def invalid_data(exc: ValidationError, prefix: str = "") -> ApiError:
-    first = exc.errors()[0]
-    path = ".".join(str(part) for part in first["loc"])
-    field = ".".join(p for p in (prefix, path) if p) or None
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    return ApiError(ErrorCode.INVALID_DATA, f"{field}: {message}" if field else message, field=field)
+        return check(model, value, prefix=prefix)
+    except InvalidData as exc:
+        raise ApiError(ErrorCode.INVALID_DATA, exc.message, field=exc.field) from None
 
 
 def validate_event_data(type: str, data: Any) -> dict[str, Any]:
-    """The event's data, checked against its type's schema; `null` fields dropped (they mean absent)."""
-    model = DATA_MODELS.get(type)
-    if model is None:
-        raise ApiError(
-            ErrorCode.INVALID_DATA,
-            f"type: unknown event type {type!r}; expected one of {', '.join(DATA_MODELS)}",
-            field="type",
-        )
-    validate(model, data, prefix="data")
-    return {k: v for k, v in data.items() if v is not None}
+    try:
+        return event_data(type, data)
+    except InvalidData as exc:
+        raise ApiError(ErrorCode.INVALID_DATA, exc.message, field=exc.field) from None
 
 
 # --- routes ------------------------------------------------------------------------------------------
@@ -316,6 +297,14 @@ async def ack(project_id: str, request: Request, principal: Auth, rt: Rt) -> Res
         except cursors.AckBeyondHead as exc:
             raise ApiError(ErrorCode.INVALID_ACK, str(exc), field="seq") from None
     return json_response({"seq": seq})
+
+
+@router.get("/metrics", responses=ERRORS, tags=["health"], response_class=PlainTextResponse)
+async def metrics(principal: Auth, rt: Rt) -> Response:
+    """Prometheus metrics of this process (admin)."""
+    if not principal.has("admin"):
+        raise ApiError(ErrorCode.FORBIDDEN, "metrics need the 'admin' scope")
+    return Response(rt.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 # --- errors, the dashboard, the OpenAPI document ------------------------------------------------------

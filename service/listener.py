@@ -1,0 +1,111 @@
+"""The one LISTEN connection per process, and its reconnects.
+
+A NOTIFY only wakes the hub; the hub always re-reads the log after what it has delivered. So the
+listener's job is to keep waking it reliably:
+
+* its own asyncpg connection, never a pooled one (a pool resets connections with `UNLISTEN *`);
+* a dead connection is noticed by asyncpg's termination callback and by a periodic `SELECT 1`,
+  then replaced with exponential backoff and full jitter;
+* after every (re)connect, and every `safety_interval_s` anyway, every subscribed project whose
+  head has moved is re-read, so events written while it was deaf, or whose notification was lost,
+  still arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import Any
+
+import asyncpg
+
+from .db import UNAVAILABLE_ERRORS, DatabaseUnavailable, asyncpg_dsn
+from .hub import Hub
+from .log import NOTIFY_CHANNEL
+
+logger = logging.getLogger("herald.listener")
+
+
+class Listener:
+    def __init__(
+        self,
+        url: str,
+        hub: Hub,
+        *,
+        safety_interval_s: float = 2.0,
+        check_interval_s: float = 5.0,
+        connect_timeout_s: float = 5.0,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.dsn = asyncpg_dsn(url)
+        self.hub = hub
+        self.safety_interval_s = safety_interval_s
+        self.check_interval_s = check_interval_s
+        self.connect_timeout_s = connect_timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+        self.notifications = 0
+        self._conn: asyncpg.Connection | None = None
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self.notifications += 1
+        project_id, _, seq = payload.rpartition(":")
+        self.hub.wake(project_id, int(seq) if seq.isdigit() else None)
+
+    async def run(self) -> None:
+        """Listen until cancelled, reconnecting forever."""
+        attempt = 0
+        while True:
+            lost = asyncio.Event()
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout_s)
+            except Exception as exc:  # refused, shutting down, not accepting: all mean "try again"
+                delay = random.uniform(0, min(self.max_backoff_s, 0.1 * 2**attempt))
+                attempt += 1
+                logger.warning("listener cannot connect (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            self._conn = conn
+            try:
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                self.connected.set()
+                await self._catch_up()
+                await self._watch(conn, lost)
+            except UNAVAILABLE_ERRORS as exc:
+                logger.warning("listener connection lost: %s", exc)
+            finally:
+                self.connected.clear()
+                self._conn = None
+                self.reconnects += 1
+                with contextlib.suppress(Exception):
+                    conn.terminate()
+
+    async def _watch(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
+        """Return when the connection is gone; meanwhile re-read stale projects periodically."""
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + self.check_interval_s
+        while not lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), self.safety_interval_s)
+            if lost.is_set() or conn.is_closed():
+                return
+            await self._catch_up()
+            if loop.time() >= next_check:
+                next_check = loop.time() + self.check_interval_s
+                await conn.fetchval("SELECT 1", timeout=self.connect_timeout_s)
+
+    async def _catch_up(self) -> None:
+        try:
+            await self.hub.wake_stale()
+        except DatabaseUnavailable as exc:
+            logger.warning("re-read skipped, database unavailable: %s", exc)
+
+    def drop(self) -> None:
+        """Kill the LISTEN connection silently (tests: simulates a connection lost without notice)."""
+        if self._conn is not None:
+            self._conn.terminate()
