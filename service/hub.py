@@ -317,22 +317,28 @@ class Hub:
 
     async def _catch_up(self, feed: Feed, sub: Subscription) -> None:
         client = sub.client
+        # After waiting for room the outbox is at most half full: a page never overflows it.
+        page = max(1, min(self.page_size, client.outbox.limit // 2))
         while client.subscriptions.get(sub.project_id) is sub:
             await client.outbox.room()
             try:
                 async with self._connection() as conn:
-                    events = await event_log.read_after(conn, sub.project_id, sub.position, self.page_size)
+                    events = await event_log.read_after(conn, sub.project_id, sub.position, page)
             except DatabaseUnavailable:
                 await asyncio.sleep(self.retry_delay_s)
                 continue
             if client.subscriptions.get(sub.project_id) is not sub:
                 return
             for event in events:
+                if len(client.outbox) > client.outbox.limit // 2:
+                    await client.outbox.room()  # several catch-ups on one connection share the room
+                    if client.subscriptions.get(sub.project_id) is not sub:
+                        return
                 if not client.push(event.encode().decode()):
                     self.disconnect(client)
                     return
                 sub.position = event.seq
-            if len(events) < self.page_size and sub.position >= feed.delivered:
+            if len(events) < page and sub.position >= feed.delivered:
                 # No await between the check above and this switch: the pump cannot run in between.
                 sub.live = True
                 feed.live.add(sub)
