@@ -1,7 +1,7 @@
 """Close codes and error codes: the one table of what a client should do about each.
 
-`frontend/src/types/codes.ts` mirrors this table (a test compares them). Retry policy lives with the
-code, so no client has to guess whether reconnecting can help.
+Retry policy lives with the code, so no client has to guess whether reconnecting can help; the
+TypeScript client's table is to be generated from this one.
 """
 
 from __future__ import annotations

@@ -132,6 +132,10 @@ class RunningServer:
     def token(self, user: str = "alice", projects: Any = "*", scopes: tuple[str, ...] = ("admin",), **kw: Any) -> str:
         return auth.issue(SECRET, user=user, projects=projects, scopes=scopes, **kw)
 
+    def app_runtime(self) -> Any:
+        """The running app's Runtime (for tests that reach into the process, e.g. the listener)."""
+        return self.server.config.app.state.runtime
+
     def headers(self, token: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {token or self.token()}"}
 
