@@ -58,7 +58,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
         await task
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after its clean shutdown; nothing left to do
+        pass
     return 0 if server.started else 1
 
 

@@ -82,7 +82,10 @@ class Runtime:
         except db.UNAVAILABLE_ERRORS as exc:
             raise db.DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
         finally:
-            await self.pool.release(conn)
+            try:
+                await self.pool.release(conn)
+            except Exception:  # resetting a connection the server already closed: the pool drops it
+                log.debug("released a broken connection", exc_info=True)
 
 
 async def start_runtime(settings: Settings) -> Runtime:

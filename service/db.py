@@ -28,6 +28,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # a connection torn down in the middle of an operation
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, pg_terminate_backend, crash recovery
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.CannotConnectNowError,
