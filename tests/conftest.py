@@ -1,7 +1,8 @@
 """Shared fixtures: a real PostgreSQL, a fresh database per test, and a real uvicorn on a free port.
 
 PostgreSQL is `TEST_DATABASE_URL` when set (for example this machine's own server,
-postgresql://postgres@127.0.0.1:5432/postgres), else an embedded server started once per session.
+postgresql://postgres@127.0.0.1:5432/postgres), else a testcontainers PostgreSQL when
+HERALD_TESTS_DOCKER=1 (needs a Docker engine), else an embedded server started once per session.
 Each test gets its own database, cloned from a migrated template, so tests are isolated, runnable
 alone and independent of order.
 """
@@ -40,6 +41,12 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     external = os.environ.get("TEST_DATABASE_URL")
     if external:
         yield external
+        return
+    if os.environ.get("HERALD_TESTS_DOCKER") == "1":  # optional, for machines with a Docker engine
+        from testcontainers.postgres import PostgresContainer  # pip install -e '.[docker]'
+
+        with PostgresContainer("postgres:16", driver=None) as container:
+            yield container.get_connection_url()
         return
     embedded = db.start_embedded(tmp_path_factory.mktemp("embedded"), database="herald_tests")
     try:

@@ -361,3 +361,22 @@ async def test_database_outage_is_503_and_recovers(
         await admin.close()
     r = await publish(client, "p1", "agent_run_progress", RUN, messageId="during-outage")
     assert r.status_code == 201 and r.json()["seq"] == 1
+
+
+async def test_cors_only_for_allowed_origins(database_url: str, tmp_path: Any) -> None:
+    """CORS answers only the origins in HERALD_ALLOWED_ORIGINS, never `*`, never with credentials."""
+    from tests.conftest import make_settings, start_server, stop_server
+
+    running, task = await start_server(make_settings(database_url, tmp_path, allowed_origins="https://dash.example"))
+    try:
+        async with httpx.AsyncClient(base_url=running.base_url) as c:
+            preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+            ok = await c.options("/api/projects", headers={"Origin": "https://dash.example", **preflight})
+            assert ok.headers["access-control-allow-origin"] == "https://dash.example"
+            assert "access-control-allow-credentials" not in ok.headers
+            bad = await c.options("/api/projects", headers={"Origin": "https://evil.example", **preflight})
+            assert "access-control-allow-origin" not in bad.headers
+            r = await c.get("/healthz", headers={"Origin": "https://evil.example"})
+            assert "access-control-allow-origin" not in r.headers
+    finally:
+        await stop_server(running, task)
