@@ -10,6 +10,7 @@ alone and independent of order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -75,26 +76,30 @@ def template_db(pg_url: str) -> Iterator[str]:
         asyncio.run(_admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.fixture
-async def database_url(pg_url: str, template_db: str) -> AsyncIterator[str]:
-    """A fresh, migrated database of this test's own."""
+@contextlib.asynccontextmanager
+async def scratch_database(pg_url: str, template: str | None = None) -> AsyncIterator[str]:
+    """A database of its own (a clone of `template`, or empty), dropped afterwards."""
     name = f"herald_t_{uuid.uuid4().hex[:12]}"
-    await _admin(pg_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    clause = f' TEMPLATE "{template}"' if template else ""
+    await _admin(pg_url, f'CREATE DATABASE "{name}"{clause}')
     try:
         yield db.with_database(pg_url, name)
     finally:
         await _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def database_url(pg_url: str, template_db: str) -> AsyncIterator[str]:
+    """A fresh, migrated database of this test's own."""
+    async with scratch_database(pg_url, template_db) as url:
+        yield url
 
 
 @pytest.fixture
 async def empty_database_url(pg_url: str) -> AsyncIterator[str]:
     """A fresh database with no schema at all (for migration tests)."""
-    name = f"herald_e_{uuid.uuid4().hex[:12]}"
-    await _admin(pg_url, f'CREATE DATABASE "{name}"')
-    try:
-        yield db.with_database(pg_url, name)
-    finally:
-        await _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with scratch_database(pg_url) as url:
+        yield url
 
 
 @pytest.fixture
