@@ -478,3 +478,38 @@ async def test_metrics(server: RunningServer, client: httpx.AsyncClient, ws: WsC
 def test_websockets_version() -> None:
     """The test client speaks the protocol the tests assume."""
     assert int(websockets.__version__.split(".")[0]) >= 13
+
+
+async def test_database_outage_over_the_socket(
+    server: RunningServer, client: httpx.AsyncClient, pg_url: str, database_url: str
+) -> None:
+    """While the database is unreachable, publish and subscribe answer `unavailable` error frames and
+    the connection stays open; once it is back, the same publish succeeds and is delivered."""
+    from urllib.parse import urlsplit
+
+    import asyncpg
+
+    from service import db
+
+    await create(client, "a", "b")
+    ws = await open_client(server)
+    await ws.subscribe("a")
+    name = urlsplit(database_url).path.lstrip("/")
+    admin = await asyncpg.connect(db.asyncpg_dsn(pg_url))
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+        await ws.send(type="agent_run_progress", projectId="a", data=RUN, messageId="m1")
+        error = await ws.expect("error", wait=10)
+        assert (error["code"], error["ref"]) == ("unavailable", "m1")
+        await ws.send(type="subscribe", projectId="b")
+        error = await ws.expect("error", wait=10)
+        assert (error["code"], error["ref"]) == ("unavailable", "b")
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+    await ws.send(type="agent_run_progress", projectId="a", data=RUN, messageId="m1")
+    messages = [await ws.recv(), await ws.recv()]
+    assert {m["type"] for m in messages} == {"published", "agent_run_progress"}
+    assert all(m.get("seq") == 1 for m in messages)
+    await ws.ws.close()
