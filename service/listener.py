@@ -104,8 +104,3 @@ class Listener:
             await self.hub.wake_stale()
         except DatabaseUnavailable as exc:
             logger.warning("re-read skipped, database unavailable: %s", exc)
-
-    def drop(self) -> None:
-        """Kill the LISTEN connection silently (tests: simulates a connection lost without notice)."""
-        if self._conn is not None:
-            self._conn.terminate()

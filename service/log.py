@@ -63,10 +63,6 @@ class StoredEvent:
             }
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        result: dict[str, Any] = orjson.loads(self.encode())
-        return result
-
 
 @dataclass(frozen=True, slots=True)
 class ProjectRow:
