@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from .log import ProjectNotFound
+from .log import head as project_head
 from .messages import format_timestamp
 
 logger = logging.getLogger("herald.cursors")
@@ -62,7 +63,7 @@ async def advance(conn: asyncpg.Connection, *, project_id: str, user: str, clien
     value: int | None = await conn.fetchval(_ADVANCE, project_id, user, client_id, seq)
     if value is not None:
         return value
-    head: int | None = await conn.fetchval("SELECT head FROM projects WHERE id = $1", project_id)
+    head = await project_head(conn, project_id)
     if head is None:
         raise ProjectNotFound(project_id)
     raise AckBeyondHead(seq, head)

@@ -309,7 +309,7 @@ async def metrics(principal: Auth, rt: Rt) -> Response:
 
 # --- errors, the dashboard, the OpenAPI document ------------------------------------------------------
 
-_RESERVED_PREFIXES = ("api/", "api", "ws", "webhooks/", "healthz", "metrics")
+_RESERVED_PREFIXES = ("api", "ws", "webhooks", "healthz", "metrics")
 
 
 def _frontend_routes(app: FastAPI, dist: Path | None) -> None:
