@@ -12,6 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -186,3 +191,76 @@ async def server(settings: Settings) -> AsyncIterator[RunningServer]:
 async def client(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.base_url, headers=server.headers(), timeout=timeout(10)) as c:
         yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServiceProcess:
+    """`python -m service serve` in a subprocess, as an operator runs it: killable with -9, and
+    restartable on the same port so clients come back to the same address.
+
+    With `database_url` it joins that database (and shares `SECRET` with the in-process servers, as
+    instances of one deployment do); without it, it runs the embedded default in `data_dir`.
+    """
+
+    def __init__(self, data_dir: Path, database_url: str | None = None, **env: str) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "HERALD_SECRET")}
+        self.env["HERALD_DATA_DIR"] = str(data_dir)
+        if database_url is not None:
+            self.env.update(DATABASE_URL=database_url, HERALD_SECRET=SECRET)
+        self.env.update(env)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "service", *args], env=self.env, capture_output=True, timeout=timeout(60)
+        )
+        assert out.returncode == 0, out.stderr.decode()
+        return out.stdout.decode().strip()
+
+    def start(self) -> None:
+        """Start and wait until healthy. Blocking: from async code, run it in a thread."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.data_dir.parent / f"serve-{self.port}.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "service", "serve", "--port", str(self.port), "--no-access-log"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout(60)
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "the service exited during start-up"
+            try:
+                if httpx.get(self.url("/healthz"), timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("the service did not become healthy")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout(30))
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None

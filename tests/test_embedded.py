@@ -6,12 +6,7 @@ a kill -9 of the service and a kill -9 of PostgreSQL itself; CLI commands share 
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,58 +14,13 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import timeout
+from tests.conftest import ServiceProcess, timeout
 
 RUN = {"runId": "r1", "status": "running", "progress": 1}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Service:
-    """`python -m service serve` in a subprocess on a data dir of its own."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "HERALD_SECRET")}
-        self.env["HERALD_DATA_DIR"] = str(data_dir)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def cli(self, *args: str) -> str:
-        out = subprocess.run(
-            [sys.executable, "-m", "service", *args], env=self.env, capture_output=True, timeout=timeout(60)
-        )
-        assert out.returncode == 0, out.stderr.decode()
-        return out.stdout.decode().strip()
-
-    def start(self) -> None:
-        with open(self.data_dir.parent / f"serve-{self.port}.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service", "serve", "--port", str(self.port), "--no-access-log"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout(60)
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "the service exited during start-up"
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError("the service did not become healthy")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout(30))
+class Service(ServiceProcess):
+    """The service on the embedded default, with a look at its PostgreSQL."""
 
     def postmaster(self) -> psutil.Process | None:
         pid_file = self.data_dir / "pg" / "postmaster.pid"
@@ -82,9 +32,6 @@ class Service:
         except psutil.NoSuchProcess:
             return None
         return proc if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE else None
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
 
 
 @pytest.fixture
