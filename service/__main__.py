@@ -35,15 +35,13 @@ def database(settings: Settings) -> Iterator[str]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .app import create_app, server_config
+    from .app import Server, create_app, server_config
 
     settings = load_settings()
     app = create_app(settings)
     config = server_config(app, host=args.host, port=args.port, log_level=args.log_level)
     config.access_log = args.access_log
-    server = uvicorn.Server(config)
+    server = Server(config)
 
     async def serve() -> None:
         task = asyncio.create_task(server.serve())

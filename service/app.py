@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -112,12 +113,17 @@ async def start_runtime(settings: Settings) -> Runtime:
     )
 
 
-async def stop_runtime(runtime: Runtime) -> None:
-    """Persist every pending ack, close the clients (1001), stop the background work and the pool."""
+async def drain(runtime: Runtime) -> None:
+    """Persist every pending ack and tell every client to go (1001; an SSE stream simply ends)."""
     with contextlib.suppress(Exception):
         await runtime.acks.flush()
     for client in list(runtime.hub.clients):
         client.kick(CloseCode.GOING_AWAY, "server shutting down; reconnect and resume")
+
+
+async def stop_runtime(runtime: Runtime) -> None:
+    """Drain, then stop the background work, the pool and the embedded database."""
+    await drain(runtime)
     await runtime.hub.close()
     for task in list(runtime.background):
         task.cancel()
@@ -128,6 +134,22 @@ async def stop_runtime(runtime: Runtime) -> None:
         runtime.pool.terminate()
     if runtime.embedded is not None:
         await asyncio.to_thread(runtime.embedded.stop)
+
+
+class Server(uvicorn.Server):
+    """uvicorn, draining Herald's clients first when it shuts down.
+
+    uvicorn waits for open connections before it runs the lifespan's shutdown, and an SSE stream never
+    ends by itself, so without this every open stream would hold the process for the whole graceful
+    timeout. Draining first closes WebSockets with 1001 and ends streams at once.
+    """
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        app = self.config.app
+        runtime: Runtime | None = getattr(getattr(app, "state", None), "runtime", None)
+        if runtime is not None:
+            await drain(runtime)
+        await super().shutdown(sockets)
 
 
 def server_config(app: FastAPI, *, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
@@ -146,7 +168,7 @@ def server_config(app: FastAPI, *, host: str, port: int, log_level: str = "info"
 
 def create_app(settings: Settings, *, frontend_dist: Path | None = FRONTEND_DIST) -> FastAPI:
     """The whole service as an ASGI app. `frontend_dist`: the built dashboard to serve at `/`."""
-    from .api import http, websocket
+    from .api import http, sse, websocket
 
     install_log_redaction()
 
@@ -181,5 +203,6 @@ def create_app(settings: Settings, *, frontend_dist: Path | None = FRONTEND_DIST
             max_age=600,
         )
     app.include_router(websocket.router)
+    app.include_router(sse.router)
     http.install(app, frontend_dist=frontend_dist)
     return app

@@ -49,6 +49,22 @@ class Transport(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
+class EventFrame(str):
+    """An encoded event that still knows its project, seq and type. To a WebSocket it is the text it
+    is; SSE writes its `id:` and `event:` lines from these without parsing the JSON again. One is
+    made per event and shared by every subscriber, like the string it is."""
+
+    project_id: str
+    seq: int
+    type: str
+
+    @classmethod
+    def of(cls, event: event_log.StoredEvent) -> EventFrame:
+        frame = cls(event.encode().decode())
+        frame.project_id, frame.seq, frame.type = event.project_id, event.seq, event.type
+        return frame
+
+
 class Outbox:
     """A bounded FIFO of encoded frames for one client, drained by one writer."""
 
@@ -299,7 +315,7 @@ class Hub:
                 async with self._connection() as conn:
                     events = await event_log.read_after(conn, feed.project_id, feed.delivered, self.page_size)
                 for event in events:
-                    reached = self.broadcast_to_project(feed.project_id, event, event.encode().decode())
+                    reached = self.broadcast_to_project(feed.project_id, event, EventFrame.of(event))
                     feed.delivered = event.seq
                     if self._on_send is not None:
                         self._on_send(event, reached)
@@ -334,7 +350,7 @@ class Hub:
                     await client.outbox.room()  # several catch-ups on one connection share the room
                     if client.subscriptions.get(sub.project_id) is not sub:
                         return
-                if not client.push(event.encode().decode()):
+                if not client.push(EventFrame.of(event)):
                     self.disconnect(client)
                     return
                 sub.position = event.seq

@@ -29,7 +29,7 @@ import pytest
 import uvicorn
 
 from service import auth, db
-from service.app import create_app, server_config
+from service.app import Server, create_app, server_config
 from service.config import Settings, load_settings
 
 SECRET = "test-secret-" + "x" * 40
@@ -160,7 +160,7 @@ class RunningServer:
 async def start_server(settings: Settings) -> tuple[RunningServer, asyncio.Task[None]]:
     app = create_app(settings, frontend_dist=None)
     config = server_config(app, host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
+    server = Server(config)
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(timeout(30)):
         while not server.started:

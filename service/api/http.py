@@ -53,23 +53,29 @@ M = TypeVar("M", bound=BaseModel)
 class ApiError(Exception):
     """An error answered with the contract's JSON body."""
 
-    def __init__(self, code: ErrorCode, message: str, *, field: str | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, field: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
+        self.status = status  # when the contract names another status than the code's usual one
 
     def response(self) -> JSONResponse:
-        return error_response(self.code, self.message, field=self.field)
+        return error_response(self.code, self.message, field=self.field, status=self.status)
 
 
 def error_response(
-    code: ErrorCode, message: str, *, field: str | None = None, headers: dict[str, str] | None = None
+    code: ErrorCode,
+    message: str,
+    *,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+    status: int | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {"error": code.value, "message": message}
     if field is not None:
         body["field"] = field
-    return JSONResponse(body, status_code=HTTP_STATUS[code], headers=headers)
+    return JSONResponse(body, status_code=status or HTTP_STATUS[code], headers=headers)
 
 
 def json_response(content: Any, status: int = 200) -> Response:

@@ -1,0 +1,240 @@
+"""SSE streams over real sockets (PROTOCOL.md §5): resume points, live events, keep-alives, errors,
+one cursor shared with the WebSocket, the multi-project vector, and a prompt shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from tests.api.test_websocket import create, open_client, publish, seqs_of
+from tests.conftest import RunningServer, make_settings, start_server, stop_server, timeout
+
+
+@dataclass
+class Message:
+    """One SSE message as a browser's EventSource assembles it, plus the comments before it."""
+
+    id: str | None = None
+    event: str | None = None
+    data: list[str] = field(default_factory=list)
+    retry: int | None = None
+    comments: list[str] = field(default_factory=list)
+
+    @property
+    def json(self) -> dict[str, Any]:
+        value: dict[str, Any] = orjson.loads("\n".join(self.data))
+        return value
+
+
+class Stream:
+    """An open SSE response, read message by message."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._lines = response.aiter_lines()
+
+    async def next(self, wait: float = 5) -> Message:
+        message = Message()
+        async with asyncio.timeout(timeout(wait)):
+            async for line in self._lines:
+                if not line:
+                    if message.data or message.retry is not None or message.id is not None:
+                        return message
+                    continue
+                name, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if name == "":
+                    message.comments.append(value)
+                elif name == "data":
+                    message.data.append(value)
+                elif name == "id":
+                    message.id = value
+                elif name == "event":
+                    message.event = value
+                elif name == "retry":
+                    message.retry = int(value)
+        raise EOFError("the stream ended")
+
+    async def events(self, count: int, wait: float = 10) -> list[Message]:
+        got: list[Message] = []
+        deadline = time.monotonic() + timeout(wait)
+        while len(got) < count:
+            message = await self.next(max(0.01, deadline - time.monotonic()))
+            if message.data:
+                got.append(message)
+        return got
+
+    async def ended(self, wait: float = 5) -> bool:
+        """True when the stream ends within `wait` seconds (whatever arrives before is skipped)."""
+        try:
+            async with asyncio.timeout(timeout(wait)):
+                async for _ in self._lines:
+                    pass
+            return True
+        except TimeoutError:
+            return False
+
+
+@asynccontextmanager
+async def stream(client: httpx.AsyncClient, url: str, **kw: Any) -> AsyncIterator[Stream]:
+    async with client.stream("GET", url, timeout=httpx.Timeout(timeout(10), read=None), **kw) as response:
+        assert response.status_code == 200, (await response.aread()).decode()
+        opened = Stream(response)
+        first = await opened.next()
+        assert first.retry == 2000 and not first.data  # `retry:` once, first
+        yield opened
+
+
+async def test_live_events_headers_and_ids(client: httpx.AsyncClient) -> None:
+    """A stream from the head gets live events as `id: seq`, `event: type`, `data: event JSON`, with
+    the headers of §5."""
+    await create(client, "p")
+    await publish(client, "p", 2)
+    async with stream(client, "/api/projects/p/stream") as s:
+        headers = s.response.headers
+        assert headers["content-type"].startswith("text/event-stream")
+        assert headers["cache-control"] == "no-cache" and headers["x-accel-buffering"] == "no"
+        await publish(client, "p", 2)
+        got = await s.events(2)
+    assert [m.id for m in got] == ["3", "4"]
+    assert [m.event for m in got] == ["agent_run_progress"] * 2
+    assert [m.json["seq"] for m in got] == [3, 4] and got[0].json["projectId"] == "p"
+
+
+async def test_resume_points(server: RunningServer, client: httpx.AsyncClient) -> None:
+    """Last-Event-ID wins over `after`, `after` over the cursor, the cursor over the head; an HTTP ack
+    moves the cursor a later stream resumes from."""
+    await create(client, "p")
+    await publish(client, "p", 6)
+    async with stream(client, "/api/projects/p/stream?after=1", headers={"Last-Event-ID": "4"}) as s:
+        assert [m.id for m in await s.events(2)] == ["5", "6"]
+    async with stream(client, "/api/projects/p/stream?after=2&clientId=tab") as s:
+        assert [m.id for m in await s.events(4)] == ["3", "4", "5", "6"]
+    r = await client.post("/api/projects/p/ack", json={"clientId": "tab", "seq": 3})
+    assert r.status_code == 200, r.text
+    async with stream(client, "/api/projects/p/stream?clientId=tab") as s:
+        assert [m.id for m in await s.events(3)] == ["4", "5", "6"]
+    async with stream(client, "/api/projects/p/stream?clientId=someone-else") as s:  # no cursor: the head
+        await publish(client, "p")
+        assert [m.id for m in await s.events(1)] == ["7"]
+
+
+async def test_keepalive_comment_and_token_in_query(database_url: str, tmp_path: Path) -> None:
+    """With HERALD_SSE_KEEPALIVE_MS=200 a quiet stream gets a comment line at least that often; the
+    token may come as `?token=` (EventSource cannot send headers)."""
+    running, task = await start_server(make_settings(database_url, tmp_path, sse_keepalive_ms=200))
+    try:
+        async with httpx.AsyncClient(base_url=running.base_url, headers=running.headers()) as admin:
+            await create(admin, "p")
+        async with (
+            httpx.AsyncClient(base_url=running.base_url) as anonymous,
+            stream(anonymous, f"/api/projects/p/stream?token={running.token()}") as s,
+        ):
+            started = time.monotonic()
+            lines = []
+            async with asyncio.timeout(timeout(3)):
+                async for line in s._lines:
+                    lines.append(line)
+                    if lines.count(": keep-alive") == 3:
+                        break
+            assert time.monotonic() - started < timeout(1.5)
+    finally:
+        await stop_server(running, task)
+
+
+async def test_errors(server: RunningServer, client: httpx.AsyncClient) -> None:
+    """A non-integer Last-Event-ID is 400, a missing or bad token 401, another's project 403, an
+    unknown one 404, a position beyond the head 422; nothing streams on an error."""
+    await create(client, "p")
+
+    async def status(url: str, headers: dict[str, str] | None = None, **kw: Any) -> tuple[int, str]:
+        r = await client.get(url, headers=headers, **kw)
+        return r.status_code, r.json()["error"]
+
+    assert await status("/api/projects/p/stream", {"Last-Event-ID": "x7"}) == (400, "invalid_cursor")
+    assert await status("/api/projects/p/stream", {"Last-Event-ID": "-1"}) == (400, "invalid_cursor")
+    assert await status("/api/stream?projects=p", {"Last-Event-ID": "p:x"}) == (400, "invalid_cursor")
+    assert await status("/api/projects/p/stream", {"Authorization": "Bearer nope"}) == (401, "unauthorized")
+    async with httpx.AsyncClient(base_url=server.base_url) as anonymous:
+        r = await anonymous.get("/api/projects/p/stream")
+        assert (r.status_code, r.json()["error"]) == (401, "unauthorized")
+        r = await anonymous.get("/api/projects/p/stream?token=garbage")
+        assert r.status_code == 401
+    other = {"Authorization": f"Bearer {server.token(projects=['q'], scopes=('subscribe',))}"}
+    assert await status("/api/projects/p/stream", other) == (403, "forbidden")
+    assert await status("/api/projects/nope/stream") == (404, "not_found")
+    assert await status("/api/projects/p/stream?after=5") == (422, "invalid_cursor")
+    assert await status("/api/stream?projects=p,nope") == (404, "not_found")
+    assert await status("/api/stream?projects=p,bad%20id") == (422, "invalid_data")
+    assert await status("/api/projects/p/stream?clientId=%07") == (422, "invalid_data")
+    assert (await client.get("/api/projects/p/events")).json()["events"] == []
+
+
+async def test_switching_between_websocket_and_sse_keeps_one_cursor(
+    server: RunningServer, client: httpx.AsyncClient
+) -> None:
+    """A client that acks over the WebSocket and then streams over SSE (acking over HTTP), then goes
+    back to the WebSocket, continues from one cursor with no gap."""
+    await create(client, "p")
+    await publish(client, "p", 3)
+    ws = await open_client(server, client_id="tab")
+    await ws.subscribe("p", after=0)
+    assert seqs_of(await ws.events("p", 3)) == [1, 2, 3]
+    await ws.send(type="ack", projectId="p", seq=3)
+    await ws.ws.close()  # acks are persisted at disconnect
+    await publish(client, "p", 2)
+    async with stream(client, "/api/projects/p/stream?clientId=tab") as s:
+        assert [m.id for m in await s.events(2)] == ["4", "5"]
+        assert (await client.post("/api/projects/p/ack", json={"clientId": "tab", "seq": 5})).status_code == 200
+    await publish(client, "p", 1)
+    ws = await open_client(server, client_id="tab")
+    assert (await ws.subscribe("p"))["after"] == 5
+    assert seqs_of(await ws.events("p", 1)) == [6]
+    await ws.ws.close()
+
+
+async def test_multi_project_stream_resumes_from_its_vector(client: httpx.AsyncClient) -> None:
+    """One stream for two projects: each `id:` is the position vector after the event, and handing
+    the last one back as Last-Event-ID resumes both projects exactly; `after=` works the same."""
+    await create(client, "a", "b")
+    await publish(client, "a", 2)
+    await publish(client, "b", 1)
+    async with stream(client, "/api/stream?projects=a,b&after=a:0,b:0") as s:
+        got = await s.events(3)
+        assert sorted((m.json["projectId"], m.json["seq"]) for m in got) == [("a", 1), ("a", 2), ("b", 1)]
+        assert got[-1].id in ("a:2,b:1",)
+        vector = got[-1].id
+    await publish(client, "b", 2)
+    await publish(client, "a", 1)
+    assert vector is not None
+    async with stream(client, "/api/stream?projects=a,b", headers={"Last-Event-ID": vector}) as s:
+        got = await s.events(3)
+        assert [(m.json["projectId"], m.json["seq"]) for m in got if m.json["projectId"] == "b"] == [("b", 2), ("b", 3)]
+        assert [m.json["seq"] for m in got if m.json["projectId"] == "a"] == [3]
+        assert got[-1].id == "a:3,b:3"
+        assert await s.ended(0.3) is False  # nothing more, and still open
+
+
+async def test_shutdown_ends_streams_promptly(database_url: str, tmp_path: Path) -> None:
+    """Stopping the server with two streams open ends them at once and exits well inside uvicorn's
+    graceful timeout (which would otherwise wait on them)."""
+    running, task = await start_server(make_settings(database_url, tmp_path))
+    async with httpx.AsyncClient(base_url=running.base_url, headers=running.headers()) as admin:
+        await create(admin, "p")
+        async with (
+            stream(admin, "/api/projects/p/stream") as one,
+            stream(admin, "/api/stream?projects=p") as two,
+        ):
+            started = time.monotonic()
+            stopping = asyncio.create_task(stop_server(running, task))
+            assert await one.ended(2) and await two.ended(2)
+            await stopping
+            assert time.monotonic() - started < timeout(2)
