@@ -35,6 +35,7 @@ from .websocket import valid_client_id
 router = APIRouter(tags=["streams"])
 
 RETRY_MS = 2000
+SEND_TIMEOUT_S = 30.0  # a reader whose socket accepts nothing for this long is gone: drop the stream
 MAX_PROJECTS = 100
 PROJECT_ID = re.compile(PROJECT_ID_PATTERN)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -49,7 +50,8 @@ class SSETransport:
     def __init__(self, positions: dict[str, int], *, vector: bool) -> None:
         self.positions = positions  # the last seq sent per project: the vector of `id:`
         self.vector = vector
-        self._handoff: asyncio.Queue[ServerSentEvent | None] = asyncio.Queue(maxsize=1)
+        self._handoff: asyncio.Queue[ServerSentEvent | None] = asyncio.Queue(maxsize=1)  # one in hand
+        self._farewell: ServerSentEvent | None = None
 
     async def send(self, frame: str) -> None:
         if isinstance(frame, EventFrame):
@@ -63,12 +65,18 @@ class SSETransport:
         return ",".join(f"{p}:{seq}" for p, seq in self.positions.items())
 
     async def close(self, code: int, reason: str) -> None:
-        await self._handoff.put(ServerSentEvent(comment=f"closed {code}: {reason}"))
-        await self._handoff.put(None)
+        """End the stream. Never waits: it also runs in a writer cancelled while the reader was stuck,
+        and what was still queued is dropped, as a kick drops the outbox."""
+        self._farewell = ServerSentEvent(comment=f"closed {code}: {reason}")
+        while not self._handoff.empty():
+            self._handoff.get_nowait()
+        self._handoff.put_nowait(None)
 
     async def frames(self) -> AsyncIterator[ServerSentEvent]:
         while (event := await self._handoff.get()) is not None:
             yield event
+        if self._farewell is not None:
+            yield self._farewell
 
 
 def stream_principal(request: Request, rt: Runtime, token: str | None) -> Principal:
@@ -165,6 +173,7 @@ async def open_stream(
         ping=keepalive_s,
         ping_message_factory=lambda: ServerSentEvent(comment="keep-alive"),
         sep="\n",
+        send_timeout=SEND_TIMEOUT_S,
     )
 
 

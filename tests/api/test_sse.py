@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from tests.api.test_websocket import create, open_client, publish, seqs_of
 from tests.conftest import RunningServer, make_settings, start_server, stop_server, timeout
@@ -40,6 +41,7 @@ class Stream:
     def __init__(self, response: httpx.Response) -> None:
         self.response = response
         self._lines = response.aiter_lines()
+        self.comments: list[str] = []  # every comment line seen so far, in order
 
     async def next(self, wait: float = 5) -> Message:
         message = Message()
@@ -53,6 +55,7 @@ class Stream:
                 value = value.removeprefix(" ")
                 if name == "":
                     message.comments.append(value)
+                    self.comments.append(value)
                 elif name == "data":
                     message.data.append(value)
                 elif name == "id":
@@ -76,8 +79,9 @@ class Stream:
         """True when the stream ends within `wait` seconds (whatever arrives before is skipped)."""
         try:
             async with asyncio.timeout(timeout(wait)):
-                async for _ in self._lines:
-                    pass
+                async for line in self._lines:
+                    if line.startswith(":"):
+                        self.comments.append(line[1:].removeprefix(" "))
             return True
         except TimeoutError:
             return False
@@ -210,7 +214,7 @@ async def test_multi_project_stream_resumes_from_its_vector(client: httpx.AsyncC
     async with stream(client, "/api/stream?projects=a,b&after=a:0,b:0") as s:
         got = await s.events(3)
         assert sorted((m.json["projectId"], m.json["seq"]) for m in got) == [("a", 1), ("a", 2), ("b", 1)]
-        assert got[-1].id in ("a:2,b:1",)
+        assert got[-1].id == "a:2,b:1"
         vector = got[-1].id
     await publish(client, "b", 2)
     await publish(client, "a", 1)
@@ -236,5 +240,29 @@ async def test_shutdown_ends_streams_promptly(database_url: str, tmp_path: Path)
             started = time.monotonic()
             stopping = asyncio.create_task(stop_server(running, task))
             assert await one.ended(2) and await two.ended(2)
+            assert one.comments[-1].startswith("closed 1001") and two.comments[-1].startswith("closed 1001")
             await stopping
             assert time.monotonic() - started < timeout(2)
+
+
+async def test_a_stream_that_stops_reading_is_closed_4429_and_resumes(database_url: str, tmp_path: Path) -> None:
+    """A reader that stops reading is ended with the comment `closed 4429` after what it had been
+    sent, like a slow WebSocket; reconnecting with its Last-Event-ID gets the rest, nothing lost."""
+    running, task = await start_server(make_settings(database_url, tmp_path, ws_outbox=16))
+    try:
+        async with httpx.AsyncClient(base_url=running.base_url, headers=running.headers(), timeout=timeout(10)) as h:
+            await create(h, "a")
+            async with stream(h, "/api/projects/a/stream?after=0") as slow:
+                total = 800
+                await asyncio.gather(*(publish(h, "a", 100, message="x" * 8000) for _ in range(total // 100)))
+                seqs: list[int] = []
+                with pytest.raises(EOFError):
+                    while True:
+                        seqs.append((await slow.next(10)).json["seq"])
+                assert slow.comments[-1].startswith("closed 4429")
+            assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) < total
+            async with stream(h, "/api/projects/a/stream", headers={"Last-Event-ID": str(seqs[-1])}) as resumed:
+                rest = await resumed.events(total - seqs[-1], wait=20)
+            assert [m.json["seq"] for m in rest] == list(range(seqs[-1] + 1, total + 1))
+    finally:
+        await stop_server(running, task)
