@@ -7,16 +7,18 @@ PY     := $(VENV)/bin/python
 NPM    ?= npm
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+DEMO   ?= 1
 FRONTEND_SOURCES := $(shell find frontend/src frontend/index.html frontend/vite.config.ts frontend/tsconfig.json -type f 2>/dev/null)
 
 .PHONY: run test test-python test-frontend check setup clean help
 
 help:
 	@echo "make run    set up everything and start Herald with its dashboard on an embedded PostgreSQL"
+	@echo "            (with a live demo stream; DEMO=0 to start empty)"
 	@echo "make test   set up everything and run every test and check"
 
 run: setup frontend/dist/index.html
-	$(PY) -m service serve --host $(HOST) --port $(PORT) --print-url
+	$(PY) -m service serve --host $(HOST) --port $(PORT) --print-url $(if $(filter 0,$(DEMO)),,--demo)
 
 test: setup test-python test-frontend
 

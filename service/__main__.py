@@ -1,4 +1,4 @@
-"""The command line: serve, migrate, token, project add, schema.
+"""The command line: serve, migrate, token, project add, schema, demo.
 
 `python -m service --help` lists them; every command reads the same environment as the server
 (DATABASE_URL, HERALD_DATA_DIR, HERALD_SECRET), so a token printed here is valid there.
@@ -47,20 +47,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
         task = asyncio.create_task(server.serve())
         while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn exposes only a flag
             await asyncio.sleep(0.05)
-        if server.started and args.print_url:
+        demo: asyncio.Task[None] | None = None
+        if server.started:
             token = auth.issue(settings.signing_secret(), user="admin", projects="*", scopes=["admin"])
             host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
             port = server.servers[0].sockets[0].getsockname()[1] if server.servers else args.port
-            print(
-                f"\n  Herald is running. Open the dashboard:\n\n    http://{host}:{port}/#token={token}\n", flush=True
-            )
-        await task
+            if args.print_url:
+                print(
+                    f"\n  Herald is running. Open the dashboard:\n\n    http://{host}:{port}/#token={token}\n",
+                    flush=True,
+                )
+            if args.demo:
+                demo = asyncio.create_task(play_demo(f"http://{host}:{port}", token, pace=1.0))
+        try:
+            await task
+        finally:
+            if demo is not None:
+                demo.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await demo
 
     try:
         asyncio.run(serve())
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after its clean shutdown; nothing left to do
         pass
     return 0 if server.started else 1
+
+
+async def play_demo(base_url: str, token: str, *, pace: float) -> None:
+    from .client import Publisher
+    from .demo import play
+
+    async with Publisher(base_url, token, source="demo") as publisher:
+        await play(publisher, pace=pace)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    token = args.token or auth.issue(load_settings().signing_secret(), user="demo", projects="*", scopes=["admin"])
+    print(f"playing the demo into {args.url} (Ctrl+C to stop)", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(play_demo(args.url, token, pace=args.pace))
+    return 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -147,7 +174,14 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--print-url", action="store_true", help="once ready, print a dashboard URL carrying an admin token"
     )
+    serve.add_argument("--demo", action="store_true", help="also play the demo stream into two demo projects")
     serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="play a live demo stream into a running service (two demo projects)")
+    demo.add_argument("--url", default="http://127.0.0.1:8000", help="the service (default: %(default)s)")
+    demo.add_argument("--token", help="an admin token (default: one signed with this machine's secret)")
+    demo.add_argument("--pace", type=float, default=1.0, help="scale every pause (default 1.0: human speed)")
+    demo.set_defaults(func=cmd_demo)
 
     migrate = sub.add_parser("migrate", help="apply the database migrations (or roll them back)")
     migrate.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
