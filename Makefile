@@ -18,7 +18,7 @@ help:
 	@echo "make test   set up everything and run every test and check"
 
 run: setup frontend/dist/index.html
-	$(PY) -m service serve --host $(HOST) --port $(PORT) --print-url $(if $(filter 0,$(DEMO)),,--demo)
+	$(PY) -m service serve --host $(HOST) --port $(PORT) --print-url $(if $(filter 0,$(DEMO)),,--demo --no-access-log)
 
 test: setup test-python test-frontend
 

@@ -39,8 +39,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     app = create_app(settings)
-    config = server_config(app, host=args.host, port=args.port, log_level=args.log_level)
-    config.access_log = args.access_log
+    config = server_config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
     server = Server(config)
 
     async def serve() -> None:

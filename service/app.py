@@ -152,7 +152,9 @@ class Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def server_config(app: FastAPI, *, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
+def server_config(
+    app: FastAPI, *, host: str, port: int, log_level: str = "info", access_log: bool = True
+) -> uvicorn.Config:
     """uvicorn settings that are part of the contract, shared by the CLI, the tests and the benchmarks."""
     return uvicorn.Config(
         app,
@@ -162,6 +164,7 @@ def server_config(app: FastAPI, *, host: str, port: int, log_level: str = "info"
         ws_per_message_deflate=False,  # compressing every message once per client costs ~20x at fan-out
         timeout_graceful_shutdown=5,  # open connections must not hold the process at shutdown
         log_level=log_level,
+        access_log=access_log,  # applied while the Config is built: setting it later does nothing
         lifespan="on",
     )
 

@@ -236,10 +236,14 @@ class ServiceProcess:
         assert out.returncode == 0, out.stderr.decode()
         return out.stdout.decode().strip()
 
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir.parent / f"serve-{self.port}.log"
+
     def start(self) -> None:
         """Start and wait until healthy. Blocking: from async code, run it in a thread."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.data_dir.parent / f"serve-{self.port}.log", "ab") as log:
+        with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "service", "serve", "--port", str(self.port), "--no-access-log"],
                 env=self.env,

@@ -94,6 +94,7 @@ def test_embedded_data_survives_stop_restart_and_kill_9(service: Service) -> Non
     service.start()
     assert message_ids() == ["a", "b", "c"]
     service.stop()
+    assert "/api/projects/demo/events" not in service.log_file.read_text(), "--no-access-log was ignored"
     assert service.postmaster() is None, "after a kill -9 the last live holder still stops PostgreSQL"
 
 
