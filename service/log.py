@@ -9,11 +9,14 @@ Plain async functions over an asyncpg connection. The guarantees live in the SQL
 * The NOTIFY is part of the same statement and so of the same transaction: it is sent if and only if
   the event commits. It is only a wake-up hint (`project:seq`); readers always re-read the table.
 * A repeated `message_id` appends nothing and returns the original event.
+* The same statement records the event as the latest of its subject (`subject`) in `project_state`,
+  so the project state (state.py) is always exactly the fold of the committed log.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -117,13 +120,42 @@ async def head(conn: asyncpg.Connection, project_id: str) -> int | None:
 
 # --- appending ---------------------------------------------------------------------------------------
 
+
+def subject(type: str, data: Mapping[str, Any]) -> list[Any] | None:
+    """What an event is the latest word on, as a JSON array; None for a type without one.
+
+    An agent run by `runId`; a pull request by repository (case-insensitively, as GitHub names
+    them) and `number`; a validation by `name` and `headSha` (absent is a subject of its own). The
+    project state keeps the latest event per (type, subject), and a client folding live events
+    must key them the same way (docs/protocol.md). `data` is validated event data.
+    """
+    if type == "agent_run_progress":
+        return [data["runId"]]
+    if type == "pr_notification":
+        return [data["repo"].lower(), data["number"]]
+    if type == "validation_update":
+        return [data["name"], data.get("headSha")]
+    return None
+
+
+# One statement, so one round trip and one atomic unit: take the seq, insert the event, make it the
+# latest of its subject ($5, absent for types without one), and notify. The subject is hashed from its
+# canonical jsonb text (see tables.py); seqs only grow, so the guard on the update never fires in
+# practice, but it keeps the state from ever moving back.
 _APPEND = f"""
 WITH next AS (
     UPDATE projects SET head = head + 1 WHERE id = $1 RETURNING head
+), event AS (
+    INSERT INTO events (project_id, seq, message_id, type, data)
+    SELECT $1, next.head, $2, $3, $4::jsonb FROM next
+    RETURNING seq, created_at, data
+), latest AS (
+    INSERT INTO project_state (project_id, type, subject, seq)
+    SELECT $1, $3, sha256(convert_to($5::jsonb::text, 'UTF8')), seq FROM event WHERE $5::jsonb IS NOT NULL
+    ON CONFLICT (project_id, type, subject) DO UPDATE SET seq = excluded.seq
+    WHERE project_state.seq < excluded.seq
 )
-INSERT INTO events (project_id, seq, message_id, type, data)
-SELECT $1, next.head, $2, $3, $4::jsonb FROM next
-RETURNING seq, created_at, data::text AS data, pg_notify('{NOTIFY_CHANNEL}', $1 || ':' || seq)
+SELECT seq, created_at, data::text AS data, pg_notify('{NOTIFY_CHANNEL}', $1 || ':' || seq) FROM event
 """
 
 _EVENT_COLUMNS = "project_id, seq, message_id, type, data::text AS data, created_at"
@@ -139,18 +171,20 @@ async def append(
 ) -> tuple[StoredEvent, bool]:
     """Append one event; returns it and whether it is new.
 
-    Atomic: the seq, the row and the NOTIFY commit together or not at all. When the connection is in
-    a transaction, the event commits with it (and the caller's transaction stays usable after a
-    duplicate). `data` must already be validated for `type`.
+    Atomic: the seq, the row, the project state and the NOTIFY commit together or not at all. When the
+    connection is in a transaction, the event commits with it (and the caller's transaction stays
+    usable after a duplicate). `data` must already be validated for `type`.
     """
     message_id = message_id or str(uuid.uuid4())
     payload = orjson.dumps(data).decode()
+    about = subject(type, data)
+    args = (project_id, message_id, type, payload, None if about is None else orjson.dumps(about).decode())
     try:
         if conn.is_in_transaction():
             async with conn.transaction():  # a savepoint
-                row = await conn.fetchrow(_APPEND, project_id, message_id, type, payload)
+                row = await conn.fetchrow(_APPEND, *args)
         else:
-            row = await conn.fetchrow(_APPEND, project_id, message_id, type, payload)
+            row = await conn.fetchrow(_APPEND, *args)
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != "events_message_id_key":
             raise

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal, TypeVar, cast
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel
 
+from . import codes
+
 PROJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 REPO_PATTERN = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -43,6 +45,13 @@ MessageId = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_
 ProjectId = Annotated[str, Field(pattern=PROJECT_ID_PATTERN)]
 Repo = Annotated[str, Field(pattern=REPO_PATTERN, max_length=200)]
 Seq = Annotated[int, Field(ge=0, le=MAX_SAFE_INTEGER)]
+
+
+def is_project_id(value: str) -> bool:
+    """Whether `value` could name a project at all; ids outside the pattern never reach the database
+    (PostgreSQL cannot even compare a string holding U+0000)."""
+    return re.fullmatch(PROJECT_ID_PATTERN, value) is not None
+
 
 EventType = Literal["agent_run_progress", "pr_notification", "validation_update"]
 EVENT_TYPES: tuple[str, ...] = ("agent_run_progress", "pr_notification", "validation_update")
@@ -217,9 +226,24 @@ class EventPage(Wire):
     next: int | None = Field(description="the after (asc) or before (desc) of the next page, if any")
 
 
+class ProjectState(Wire):
+    """The body of `GET /api/projects/{id}/state`: the project as a dashboard shows it, as of `seq`.
+
+    Every item is the latest event of its subject, newest first, at most `limit` per list. Folding
+    these events with the events after `seq` gives the state at any later point (docs/protocol.md).
+    """
+
+    project_id: str
+    seq: int = Field(ge=0, description="the log position this state reflects: subscribe with after = seq")
+    agent_runs: list[Event] = Field(description="the latest agent_run_progress event of each runId")
+    pull_requests: list[Event] = Field(description="the latest pr_notification event of each (repo, number)")
+    validations: list[Event] = Field(description="the latest validation_update event of each (name, headSha)")
+    notifications: list[Event] = Field(description="the latest pr_notification events")
+
+
 class AckRequest(Wire):
     client_id: Annotated[Text, Field(min_length=1, max_length=128)]
-    seq: Annotated[int, Field(ge=0)]
+    seq: Seq
 
 
 class AckResult(Wire):
@@ -257,18 +281,18 @@ class AuthMessage(Wire):
 
 class SubscribeMessage(Wire):
     type: Literal["subscribe"]
-    project_id: str
+    project_id: ProjectId
     after: Seq | None = None
 
 
 class UnsubscribeMessage(Wire):
     type: Literal["unsubscribe"]
-    project_id: str
+    project_id: ProjectId
 
 
 class AckMessage(Wire):
     type: Literal["ack"]
-    project_id: str
+    project_id: ProjectId
     seq: Seq
 
 
@@ -286,7 +310,7 @@ class PublishMessage(Wire):
     """An event-shaped message: publish `data` as an event of `type` to `projectId`."""
 
     type: EventType
-    project_id: str
+    project_id: ProjectId
     data: Any = None
     message_id: MessageId | None = None
     timestamp: Any = None
@@ -353,6 +377,7 @@ SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     Project,
     ProjectList,
     EventPage,
+    ProjectState,
     AckRequest,
     AckResult,
     Cursor,
@@ -388,4 +413,7 @@ def json_schema() -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "Herald wire contract",
         "$defs": dict(sorted(defs.items())),
+        # For generated clients: which $def is each event type's `data`, and the codes of codes.py.
+        "x-herald-event-data": {name: model.__name__ for name, model in DATA_MODELS.items()},
+        "x-herald-codes": codes.table(),
     }

@@ -13,6 +13,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -51,6 +52,27 @@ events = Table(
     PrimaryKeyConstraint("project_id", "seq", name="events_pkey"),
     UniqueConstraint("project_id", "message_id", name="events_message_id_key"),
 )
+# The notification feed of the state snapshot (state.py) reads a project's latest pull-request events;
+# this keeps that an index scan of a few rows however long the log grows, at the cost of one index
+# entry per pull-request event only.
+Index("events_pr_notifications", events.c.project_id, events.c.seq, postgresql_where=text("type = 'pr_notification'"))
+
+# The latest event of each subject (an agent run, a pull request, a validation): the project state folded
+# from the log, kept current by the append statement itself (log.py), so it commits with the event and
+# reading the state never re-reads the log. A row points at its event; it holds no copy of the data.
+project_state = Table(
+    "project_state",
+    metadata,
+    Column("project_id", Text, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("type", Text, nullable=False),
+    # sha-256 of the subject (log.subject) as canonical jsonb text: any length of runId, name or
+    # headSha fits an index entry, and the migration's backfill computes the same bytes in SQL.
+    Column("subject", LargeBinary, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("project_id", "type", "subject", name="project_state_pkey"),
+)
+# The most recently updated subjects of a type first, without sorting them all.
+Index("project_state_recent", project_state.c.project_id, project_state.c.type, project_state.c.seq)
 
 cursors = Table(
     "cursors",
@@ -61,4 +83,17 @@ cursors = Table(
     Column("seq", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("project_id", "user", "client_id", name="cursors_pkey"),
+)
+
+# GitHub deliveries (webhooks.py) that appended an event, keyed as GitHub names them. GitHub redelivers
+# on timeouts and by hand; this row commits with the event, so a redelivery finds it and appends nothing.
+# Rows may be pruned after GitHub's redelivery window: the event's messageId (`gh:<delivery>`) still holds.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("hook_id", Text, nullable=False),
+    Column("delivery_id", Text, nullable=False),
+    Column("project_id", Text, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("hook_id", "delivery_id", name="webhook_deliveries_pkey"),
 )

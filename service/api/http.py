@@ -15,20 +15,21 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from .. import cursors, db
+from .. import cursors, db, state
 from .. import log as event_log
 from ..app import Runtime
 from ..auth import InvalidToken, Principal, Scope, verify
 from ..codes import HTTP_STATUS, ErrorCode
 from ..messages import (
     MAX_MESSAGE_BYTES,
+    MAX_SAFE_INTEGER,
     AckRequest,
     AckResult,
     CursorList,
@@ -41,9 +42,11 @@ from ..messages import (
     Project,
     ProjectCreate,
     ProjectList,
+    ProjectState,
     PublishRequest,
     check,
     event_data,
+    is_project_id,
 )
 
 JSON = "application/json"
@@ -110,11 +113,14 @@ Rt = Annotated[Runtime, Depends(runtime)]
 
 
 def require(principal: Principal, scope: Scope, project_id: str) -> None:
-    """403 unless the token names the project and carries the scope."""
+    """403 unless the token names the project and carries the scope; then 404 for an id that no
+    project can have (it is never looked up)."""
     if not principal.names(project_id):
         raise ApiError(ErrorCode.FORBIDDEN, f"this token does not grant access to project {project_id!r}")
     if not principal.has(scope):
         raise ApiError(ErrorCode.FORBIDDEN, f"this token lacks the {scope!r} scope")
+    if not is_project_id(project_id):
+        raise project_missing(project_id)
 
 
 def project_missing(project_id: str) -> ApiError:
@@ -253,8 +259,8 @@ async def history(
     project_id: str,
     principal: Auth,
     rt: Rt,
-    after: Annotated[int, Query(ge=0, description="only events with seq > after")] = 0,
-    before: Annotated[int | None, Query(ge=1, description="only events with seq < before")] = None,
+    after: Annotated[int, Query(ge=0, le=MAX_SAFE_INTEGER, description="only events with seq > after")] = 0,
+    before: Annotated[int | None, Query(ge=1, le=MAX_SAFE_INTEGER, description="only events with seq < before")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     type: Annotated[EventType | None, Query(description="only events of this type")] = None,
     order: Annotated[Literal["asc", "desc"], Query()] = "asc",
@@ -269,6 +275,22 @@ async def history(
         )
     body = b'{"events":[' + b",".join(e.encode() for e in events) + b'],"next":' + orjson.dumps(next_cursor) + b"}"
     return Response(body, media_type=JSON)
+
+
+@router.get("/api/projects/{project_id}/state", response_model=ProjectState, responses=ERRORS, tags=["events"])
+async def project_state(
+    project_id: str,
+    principal: Auth,
+    rt: Rt,
+    limit: Annotated[int, Query(ge=1, le=state.MAX_LIMIT, description="items per list")] = state.DEFAULT_LIMIT,
+) -> Response:
+    """The project's state folded from the log, as of `seq` (subscribe). Subscribe with after = seq."""
+    require(principal, "subscribe", project_id)
+    async with rt.connection() as conn:
+        snapshot = await state.read(conn, project_id, limit=limit)
+    if snapshot is None:
+        raise project_missing(project_id)
+    return Response(snapshot.encode(), media_type=JSON)
 
 
 @router.get("/api/projects/{project_id}/cursors", response_model=CursorList, responses=ERRORS, tags=["cursors"])
@@ -305,7 +327,12 @@ async def ack(project_id: str, request: Request, principal: Auth, rt: Rt) -> Res
     return json_response({"seq": seq})
 
 
-@router.get("/metrics", responses=ERRORS, tags=["health"], response_class=PlainTextResponse)
+METRICS_TEXT = {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+# response_class=Response, which has no media type of its own: the errors are then documented as
+# the JSON they are, not as text/plain.
+@router.get("/metrics", responses={**ERRORS, 200: METRICS_TEXT}, tags=["health"], response_class=Response)
 async def metrics(principal: Auth, rt: Rt) -> Response:
     """Prometheus metrics of this process (admin)."""
     if not principal.has("admin"):
