@@ -8,7 +8,7 @@ NPM    ?= npm
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DEMO   ?= 1
-FRONTEND_SOURCES := $(shell find frontend/src frontend/index.html frontend/vite.config.ts frontend/tsconfig.json -type f 2>/dev/null)
+FRONTEND_SOURCES := $(shell find frontend/src frontend/index.html frontend/vite.config.ts frontend/tsconfig*.json -type f 2>/dev/null)
 
 .PHONY: run test test-python test-frontend check setup clean help
 
@@ -34,16 +34,22 @@ frontend/node_modules/.installed: frontend/package.json frontend/package-lock.js
 	cd frontend && $(NPM) ci --no-audit --no-fund
 	@touch $@
 
+# Test data from npm (GitHub's example webhook payloads), installed for the tests, never copied in.
+tests/fixtures/node_modules/.installed: tests/fixtures/package.json tests/fixtures/package-lock.json
+	cd tests/fixtures && $(NPM) ci --no-audit --no-fund
+	@touch $@
+
 frontend/dist/index.html: frontend/node_modules/.installed $(FRONTEND_SOURCES)
 	cd frontend && $(NPM) run build
 
-test-python: $(VENV)/.installed
+test-python: $(VENV)/.installed tests/fixtures/node_modules/.installed
 	$(PY) -m ruff check service tests migrations
 	$(PY) -m mypy
 	$(PY) -m pytest
 
-test-frontend: frontend/node_modules/.installed
+# The frontend's tests run the real service (integration) and its schema (generated types): the venv too.
+test-frontend: frontend/node_modules/.installed $(VENV)/.installed
 	cd frontend && $(NPM) run typecheck && $(NPM) run lint && $(NPM) test
 
 clean:
-	rm -rf $(VENV) frontend/node_modules frontend/dist
+	rm -rf $(VENV) frontend/node_modules frontend/dist tests/fixtures/node_modules

@@ -171,7 +171,7 @@ def server_config(
 
 def create_app(settings: Settings, *, frontend_dist: Path | None = FRONTEND_DIST) -> FastAPI:
     """The whole service as an ASGI app. `frontend_dist`: the built dashboard to serve at `/`."""
-    from .api import http, sse, websocket
+    from .api import http, sse, webhooks, websocket
 
     install_log_redaction()
 
@@ -207,5 +207,6 @@ def create_app(settings: Settings, *, frontend_dist: Path | None = FRONTEND_DIST
         )
     app.include_router(websocket.router)
     app.include_router(sse.router)
+    app.include_router(webhooks.router)
     http.install(app, frontend_dist=frontend_dist)
     return app

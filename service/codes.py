@@ -1,12 +1,14 @@
 """Close codes and error codes: the one table of what a client should do about each.
 
 Retry policy lives with the code, so no client has to guess whether reconnecting can help; the
-TypeScript client's table is to be generated from this one.
+TypeScript client's `frontend/src/types/codes.ts` is generated from `table()`, which
+`python -m service schema` prints as `x-herald-codes`.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
+from typing import Any
 
 
 class ErrorCode(StrEnum):
@@ -74,3 +76,13 @@ RETRY_CLOSE_CODES: frozenset[int] = frozenset(
     }
 )
 """Reconnect with backoff and resume by cursor: nothing is lost."""
+
+
+def table() -> dict[str, Any]:
+    """Every code above as plain data, for clients generated from the schema (`x-herald-codes`)."""
+    return {
+        "errorCodes": [code.value for code in ErrorCode],
+        "closeCodes": {code.name: code.value for code in CloseCode},
+        "terminalCloseCodes": sorted(TERMINAL_CLOSE_CODES),
+        "retryCloseCodes": sorted(RETRY_CLOSE_CODES),
+    }

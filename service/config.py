@@ -49,6 +49,15 @@ class Settings(BaseSettings):
             return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
         return value
 
+    @field_validator("github_webhook_secret", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `GITHUB_WEBHOOK_SECRET=` (docker-compose's default) must disable webhooks, never make an empty
+        # HMAC key that anyone can sign with.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @model_validator(mode="after")
     def _check_secret(self) -> Settings:
         if self.secret is not None and len(self.secret) < MIN_SECRET_LENGTH:

@@ -1,0 +1,168 @@
+"""`POST /webhooks/github`: GitHub's deliveries, signed with the hook's secret, appended once each.
+
+A thin route over webhooks.py. The checks run cheapest and least trusting first: webhooks enabled
+(404), size (413, before the body is all read), signature (401), and only a signed body is parsed,
+mapped and sent to the database, so an unsigned request costs one HMAC and writes nothing. The
+answers and every mapping choice are in docs/protocol.md ("Webhooks").
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from .. import log as event_log
+from .. import webhooks
+from ..app import Runtime
+from ..codes import ErrorCode
+from ..messages import InvalidData, event_data
+from .http import ERRORS, ApiError, Rt, json_response
+
+log = logging.getLogger("herald.webhooks")
+
+router = APIRouter()
+
+_RESULT = {
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "status": {"enum": ["appended", "duplicate", "ignored", "pong"]},
+                    "message": {"type": "string"},
+                    "projectId": {"type": ["string", "null"]},
+                    "seq": {"type": ["integer", "null"]},
+                    "messageId": {"type": "string"},
+                },
+                "required": ["status", "message"],
+            }
+        }
+    }
+}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, as signed: 413 past `limit` bytes, told by Content-Length or while streaming."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(ErrorCode.TOO_LARGE, f"body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(ErrorCode.TOO_LARGE, f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_payload(body: bytes, content_type: str) -> dict[str, Any]:
+    """The payload of either content type a GitHub hook can be set to: JSON, or a form's `payload` field."""
+    raw: bytes | str = body
+    if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+        fields = parse_qs(body.decode("utf-8", "replace"))
+        if "payload" not in fields:
+            raise ApiError(ErrorCode.INVALID_JSON, "a form-encoded delivery must carry its JSON in `payload`")
+        raw = fields["payload"][0]
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(ErrorCode.INVALID_JSON, f"the payload is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise ApiError(ErrorCode.INVALID_JSON, "the payload must be a JSON object")
+    return payload
+
+
+def _header(request: Request, name: str, *, max_length: int = 100) -> str:
+    value = request.headers.get(name, "")
+    if not value or len(value) > max_length or not value.isprintable():
+        raise ApiError(ErrorCode.INVALID_DATA, f"{name}: expected 1 to {max_length} printable characters", field=name)
+    return value
+
+
+def _answer(status: str, message: str, *, code: int = 202, **fields: Any) -> Response:
+    return json_response({"status": status, "message": message, **fields}, code)
+
+
+@router.post(
+    "/webhooks/github",
+    status_code=202,
+    responses={
+        **ERRORS,
+        200: {"description": "a `ping` (the hook works)", **_RESULT},
+        202: {"description": "appended, a duplicate of an earlier delivery, or ignored (see `status`)", **_RESULT},
+    },
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+        "parameters": [
+            {"name": "X-Hub-Signature-256", "in": "header", "required": True, "schema": {"type": "string"}},
+            {"name": "X-GitHub-Event", "in": "header", "required": True, "schema": {"type": "string"}},
+            {"name": "X-GitHub-Delivery", "in": "header", "required": True, "schema": {"type": "string"}},
+            {"name": "X-GitHub-Hook-ID", "in": "header", "required": False, "schema": {"type": "string"}},
+        ],
+    },
+    tags=["webhooks"],
+)
+async def github(request: Request, rt: Rt) -> Response:
+    """A GitHub delivery: `pull_request`, `pull_request_review`, `check_run`, `check_suite`, `status` and
+    `workflow_run` become events of the project whose `repo` is the payload's repository."""
+    secret = rt.settings.github_webhook_secret
+    if secret is None:
+        # Refusing beats accepting: without a secret nothing tells GitHub's deliveries from a forger's.
+        raise ApiError(
+            ErrorCode.NOT_FOUND, "GitHub webhooks are not enabled on this service: set GITHUB_WEBHOOK_SECRET"
+        )
+    body = await read_body(request, webhooks.MAX_BODY_BYTES)
+    if not webhooks.verify_signature(secret, body, request.headers.get("x-hub-signature-256")):
+        raise ApiError(ErrorCode.UNAUTHORIZED, "missing or wrong X-Hub-Signature-256 for this body and secret")
+    event = _header(request, "X-GitHub-Event")
+    payload = parse_payload(body, request.headers.get("content-type", ""))
+
+    if event == "ping":
+        return await _ping(rt, payload)
+    try:
+        type, data = webhooks.to_event(event, payload)
+        repo = webhooks.repository(payload)
+        data = event_data(type, data)
+    except webhooks.Unmapped as exc:
+        return _answer("ignored", f"{exc}; nothing was written")
+    except InvalidData as exc:
+        raise ApiError(ErrorCode.INVALID_DATA, exc.message, field=exc.field) from None
+    delivery = webhooks.Delivery(
+        hook_id=request.headers.get("x-github-hook-id", ""),
+        delivery_id=_header(request, "X-GitHub-Delivery", max_length=120),
+    )
+
+    async with rt.connection() as conn:
+        project_id = await webhooks.project_for_repo(conn, repo)
+        if project_id is None:
+            return _answer("ignored", f"no project has repo {repo!r}; nothing was written")
+        try:
+            result = await webhooks.append_once(conn, delivery=delivery, project_id=project_id, type=type, data=data)
+        except event_log.ProjectNotFound:
+            return _answer("ignored", f"project {project_id!r} is gone; nothing was written")
+    fields: dict[str, Any] = {"projectId": result.project_id, "seq": result.seq, "messageId": result.message_id}
+    if result.duplicate:
+        log.info("GitHub delivery %s was appended before (%s)", delivery.delivery_id, result.message_id)
+        return _answer("duplicate", "this delivery was appended before; nothing was appended", **fields)
+    return _answer("appended", f"{event} appended as {type}", **fields)
+
+
+async def _ping(rt: Runtime, payload: dict[str, Any]) -> Response:
+    """GitHub's `ping` when a hook is created: say whether its repository reaches a project."""
+    try:
+        repo = webhooks.repository(payload)
+    except webhooks.Unmapped:  # an organization's or an app's hook: each delivery names its repository
+        return _answer("pong", "the hook works; deliveries are routed by their repository", code=200, projectId=None)
+    async with rt.connection() as conn:
+        project_id = await webhooks.project_for_repo(conn, repo)
+    if project_id is None:
+        message = f"the hook works, but no project has repo {repo!r} yet: its deliveries will be ignored"
+    else:
+        message = f"the hook works; deliveries of {repo} go to project {project_id!r}"
+    return _answer("pong", message, code=200, projectId=project_id)

@@ -1,0 +1,276 @@
+"""GitHub webhooks: which deliveries are GitHub's, what they mean in Herald's terms, and appending each once.
+
+GitHub signs every delivery with the hook's secret (`X-Hub-Signature-256`), retries a delivery that
+timed out and lets anyone with access to the hook redeliver it by hand. So a delivery is believed only
+when its signature checks, and is appended at most once: the delivery is recorded in
+`webhook_deliveries` in the same transaction as its event, and the event's `messageId` is derived from
+the delivery, so even a pruned record cannot make a redelivery append twice.
+
+The mapping from GitHub's payloads to Herald's event data is pure and listed in docs/protocol.md
+("Webhooks"); every value it produces still goes through the event's schema (`messages.event_data`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, get_args
+
+import asyncpg
+
+from . import log as event_log
+from .messages import Conclusion, InvalidData, ValidationStatus
+
+log = logging.getLogger("herald.webhooks")
+
+MAX_BODY_BYTES = 5 * 1024 * 1024
+"""GitHub caps payloads at 25 MB; real pull_request payloads pass 64 KiB, none we map comes near this."""
+
+SIGNATURE_PREFIX = "sha256="
+
+
+class Unmapped(Exception):
+    """A delivery that carries nothing Herald records; the message says why (it is told to GitHub)."""
+
+
+# --- the signature -----------------------------------------------------------------------------------
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The `X-Hub-Signature-256` value GitHub sends for `body` signed with `secret`."""
+    return SIGNATURE_PREFIX + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
+    """Whether `header` is the signature of the raw `body` under `secret`.
+
+    Compared in constant time, so the answer's timing does not tell a forger how much of a guess was
+    right. As bytes: `compare_digest` refuses non-ASCII text, and a header may hold anything.
+    """
+    if not secret or header is None:
+        return False
+    return hmac.compare_digest(sign(secret, body).encode(), header.encode())
+
+
+# --- GitHub's events as Herald's -----------------------------------------------------------------------
+
+_CONCLUSIONS: frozenset[str] = frozenset(get_args(Conclusion))
+_STATUSES: frozenset[str] = frozenset(get_args(ValidationStatus))
+# GitHub's not-yet-started states. Herald's status says where a validation is, not why it waits.
+_WAITING = {"requested": "queued", "waiting": "queued", "pending": "queued"}
+# A commit status has no queue: `pending` is GitHub's only not-finished state, and it is running.
+_COMMIT_STATE = {
+    "pending": ("in_progress", None),
+    "success": ("completed", "success"),
+    "failure": ("completed", "failure"),
+    "error": ("completed", "error"),
+}
+
+
+def _at(payload: Mapping[str, Any], path: str, *, required: bool = True) -> Any:
+    """The value at dotted `path`; InvalidData (field `payload.<path>`) when required and missing or null."""
+    value: Any = payload
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, Mapping) else None
+        if value is None:
+            break
+    if value is None and required:
+        raise InvalidData(f"payload.{path}: missing from GitHub's payload", f"payload.{path}")
+    return value
+
+
+def _first_pr_number(pull_requests: Any) -> Any:
+    # GitHub lists the pull requests whose head is the commit; the first is the one a dashboard shows.
+    if isinstance(pull_requests, list) and pull_requests and isinstance(pull_requests[0], Mapping):
+        return pull_requests[0].get("number")
+    return None
+
+
+def _status(event: str, value: Any, conclusion: Any) -> Any:
+    if value is None:  # check_suite.status may be null; a conclusion means it finished
+        return "completed" if conclusion is not None else "queued"
+    if not isinstance(value, str) or value in _STATUSES:
+        return value  # the schema refuses a non-string with the field's name
+    if value in _WAITING:
+        return _WAITING[value]
+    raise Unmapped(f"{event} status {value!r} is not one Herald knows")
+
+
+def _conclusion(event: str, value: Any) -> Any:
+    if not isinstance(value, str) or value in _CONCLUSIONS:
+        return value  # None, a known conclusion, or a non-string the schema refuses
+    # A conclusion GitHub adds later must not cost the whole event: it still says the check finished.
+    log.warning("dropping %s conclusion %r, which Herald's schema does not list", event, value)
+    return None
+
+
+def _pull_request_data(payload: Mapping[str, Any], action: str) -> dict[str, Any]:
+    return {
+        "action": action,
+        "number": _at(payload, "pull_request.number"),
+        "title": _at(payload, "pull_request.title"),
+        "url": _at(payload, "pull_request.html_url"),
+        "repo": _at(payload, "repository.full_name"),
+        "author": _at(payload, "pull_request.user.login", required=False),
+        "headSha": _at(payload, "pull_request.head.sha", required=False),
+    }
+
+
+def _pull_request(payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    action = _at(payload, "action")
+    if action == "closed" and _at(payload, "pull_request.merged", required=False) is True:
+        action = "merged"
+    return "pr_notification", _pull_request_data(payload, action)
+
+
+def _pull_request_review(payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    return "pr_notification", _pull_request_data(payload, f"review_{_at(payload, 'action')}")
+
+
+def _run(event: str, run: str, name: Any, url: Any, payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A check run, check suite or workflow run: they share their status, conclusion, PRs and head."""
+    conclusion = _conclusion(event, _at(payload, f"{run}.conclusion", required=False))
+    return "validation_update", {
+        "name": name,
+        "status": _status(event, _at(payload, f"{run}.status", required=False), conclusion),
+        "conclusion": conclusion,
+        "url": url,
+        "prNumber": _first_pr_number(_at(payload, f"{run}.pull_requests", required=False)),
+        "headSha": _at(payload, f"{run}.head_sha", required=False),
+    }
+
+
+def _check_run(payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    name = _at(payload, "check_run.name")
+    return _run("check_run", "check_run", name, _at(payload, "check_run.html_url", required=False), payload)
+
+
+def _check_suite(payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    # A suite has no page of its own on github.com (its `url` is the REST API's): no url rather than that.
+    return _run("check_suite", "check_suite", _at(payload, "check_suite.app.name"), None, payload)
+
+
+def _workflow_run(payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    # `workflow_run.name` is the run's name, empty in many payloads; the workflow's is the stable one.
+    name = _at(payload, "workflow.name", required=False) or _at(payload, "workflow_run.name")
+    url = _at(payload, "workflow_run.html_url", required=False)
+    return _run("workflow_run", "workflow_run", name, url, payload)
+
+
+def _commit_status(payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    state = _at(payload, "state")
+    if not isinstance(state, str) or state not in _COMMIT_STATE:
+        raise Unmapped(f"status state {state!r} is not one Herald knows")
+    status, conclusion = _COMMIT_STATE[state]
+    return "validation_update", {
+        "name": _at(payload, "context"),
+        "status": status,
+        "conclusion": conclusion,
+        "url": _at(payload, "target_url", required=False),
+        "headSha": _at(payload, "sha", required=False),
+    }
+
+
+_MAPPINGS: dict[str, Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]]] = {
+    "pull_request": _pull_request,
+    "pull_request_review": _pull_request_review,
+    "check_run": _check_run,
+    "check_suite": _check_suite,
+    "status": _commit_status,
+    "workflow_run": _workflow_run,
+}
+EVENTS: frozenset[str] = frozenset(_MAPPINGS)
+"""The `X-GitHub-Event` values Herald records; `ping` is answered, every other one is ignored."""
+
+
+def to_event(event: str, payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The Herald event type and data for GitHub's `event` (the `X-GitHub-Event` header) and payload.
+
+    Raises Unmapped for an event or a status Herald does not record, or a payload naming no
+    repository; InvalidData naming the `payload.…` field when the payload lacks one the mapping
+    needs. The data is not yet validated (null fields are still present): pass it through
+    `messages.event_data`.
+    """
+    mapping = _MAPPINGS.get(event)
+    if mapping is None:
+        raise Unmapped(f"Herald does not record {event!r} events")
+    repository(payload)  # an organization's delivery names no repository, so no project: not recorded
+    return mapping(payload)
+
+
+def repository(payload: Mapping[str, Any]) -> str:
+    """The `owner/name` a delivery is about, which picks the project; Unmapped when it names none."""
+    name = _at(payload, "repository.full_name", required=False)
+    if not isinstance(name, str) or not name:
+        raise Unmapped("the payload names no repository (repository.full_name)")
+    return name
+
+
+# --- appending once ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One delivery as GitHub names it: the hook it came from and its GUID (the same on a redelivery)."""
+
+    hook_id: str
+    delivery_id: str
+
+    @property
+    def message_id(self) -> str:
+        """The messageId of the delivery's event: a redelivery names the same one."""
+        return f"gh:{self.delivery_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Where a delivery's event is in the log; `duplicate` when an earlier delivery appended it."""
+
+    project_id: str
+    seq: int | None
+    message_id: str
+    duplicate: bool
+
+
+async def project_for_repo(conn: asyncpg.Connection, repo: str) -> str | None:
+    """The id of the project whose `repo` is `repo`, compared as GitHub does, case-insensitively."""
+    project_id: str | None = await conn.fetchval("SELECT id FROM projects WHERE lower(repo) = lower($1)", repo)
+    return project_id
+
+
+_CLAIM = """
+INSERT INTO webhook_deliveries (hook_id, delivery_id, project_id) VALUES ($1, $2, $3)
+ON CONFLICT (hook_id, delivery_id) DO NOTHING RETURNING project_id
+"""
+
+
+async def append_once(
+    conn: asyncpg.Connection, *, delivery: Delivery, project_id: str, type: str, data: dict[str, Any]
+) -> Appended:
+    """Append the delivery's event to `project_id`, unless this delivery was appended before.
+
+    Atomic: the delivery's record and its event commit together or not at all, so a delivery whose
+    append failed can be redelivered. Concurrent copies of one delivery are serialized by the record's
+    key: the second waits for the first to commit and then appends nothing. `data` must be validated.
+    Raises log.ProjectNotFound when the project is gone.
+    """
+    async with conn.transaction():
+        try:
+            claimed = await conn.fetchval(_CLAIM, delivery.hook_id, delivery.delivery_id, project_id)
+        except asyncpg.ForeignKeyViolationError:
+            raise event_log.ProjectNotFound(project_id) from None
+        if claimed is None:
+            original = await conn.fetchval(
+                "SELECT project_id FROM webhook_deliveries WHERE hook_id = $1 AND delivery_id = $2",
+                delivery.hook_id,
+                delivery.delivery_id,
+            )
+            event = await event_log.get_by_message_id(conn, original, delivery.message_id)
+            return Appended(original, event.seq if event else None, delivery.message_id, duplicate=True)
+        stored, created = await event_log.append(
+            conn, project_id=project_id, type=type, data=data, message_id=delivery.message_id
+        )
+    return Appended(project_id, stored.seq, delivery.message_id, duplicate=not created)
