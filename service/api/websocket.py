@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,7 @@ from ..messages import (
 )
 
 router = APIRouter()
+logger = logging.getLogger("herald.websocket")
 M = TypeVar("M", bound=BaseModel)
 
 AUTH_TIMEOUT_S = 5.0
@@ -343,7 +345,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         rt.hub.disconnect(client)
         for task in (reader, client.writer):
             task.cancel()
-        await asyncio.gather(reader, client.writer, return_exceptions=True)
+        failure, _ = await asyncio.gather(reader, client.writer, return_exceptions=True)
+        if isinstance(failure, Exception):  # a bug in handling a message: say so, never drop silently
+            logger.error("connection %s failed handling a message", client.connection_id, exc_info=failure)
         with contextlib.suppress(Exception):
             await rt.acks.flush_client(client.user, client.client_id)
 
