@@ -1,0 +1,46 @@
+// React's view of the client: state through useSyncExternalStore, verbs passed through. No
+// connection logic lives here; the client (services/websocketService.ts) owns all of it.
+import { createContext, useContext, useEffect, useMemo, useSyncExternalStore } from 'react';
+import type { HeraldClient } from '../services/websocketService';
+import type { SubscribeOptions, UseWebSocketReturn } from '../types/websocket';
+
+/** Provides the app's one client: `<HeraldContext value={client}>…</HeraldContext>`. */
+export const HeraldContext = createContext<HeraldClient | null>(null);
+
+function useClient(client: HeraldClient | undefined): HeraldClient {
+  const provided = useContext(HeraldContext);
+  const chosen = client ?? provided;
+  if (chosen === null) {
+    throw new Error('useWebSocket: pass a client or render inside <HeraldContext value={client}>');
+  }
+  return chosen;
+}
+
+/** The client's state (re-rendering on every change) and its verbs. */
+export function useWebSocket(client?: HeraldClient): UseWebSocketReturn {
+  const chosen = useClient(client);
+  const state = useSyncExternalStore(chosen.subscribeState, chosen.getState, chosen.getState);
+  return useMemo(
+    () => ({
+      state,
+      sendMessage: chosen.sendMessage,
+      subscribe: chosen.subscribe,
+      unsubscribe: chosen.unsubscribe,
+    }),
+    [state, chosen],
+  );
+}
+
+/**
+ * Keeps `projectId` subscribed while the component is mounted (none while it is null). The client
+ * counts references, so any number of components may do this for one project.
+ */
+export function useSubscription(projectId: string | null, options: SubscribeOptions = {}, client?: HeraldClient): void {
+  const chosen = useClient(client);
+  const { after } = options;
+  useEffect(() => {
+    if (projectId === null) return undefined;
+    chosen.subscribe(projectId, after === undefined ? {} : { after });
+    return () => chosen.unsubscribe(projectId);
+  }, [chosen, projectId, after]);
+}

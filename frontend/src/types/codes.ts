@@ -1,0 +1,40 @@
+// Generated from service/codes.py by frontend/scripts/gen-types.mjs. Do not edit: run `npm run gen:types`.
+
+/** The `error` of an HTTP error body and the `code` of a WebSocket `error` frame. */
+export const ERROR_CODES = [
+  'unauthorized',
+  'forbidden',
+  'not_found',
+  'method_not_allowed',
+  'exists',
+  'invalid_json',
+  'invalid_data',
+  'invalid_ack',
+  'invalid_cursor',
+  'invalid_frame',
+  'unknown_type',
+  'not_subscribed',
+  'rate_limited',
+  'too_large',
+  'unavailable',
+] as const;
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+/** WebSocket close codes of PROTOCOL.md §4. */
+export const CloseCode = {
+  GOING_AWAY: 1001,
+  POLICY_VIOLATION: 1008,
+  MESSAGE_TOO_BIG: 1009,
+  SERVICE_RESTART: 1012,
+  AUTH: 4401,
+  ORIGIN: 4403,
+  HEARTBEAT_TIMEOUT: 4408,
+  SLOW_CONSUMER: 4429,
+} as const;
+export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
+
+/** Reconnecting cannot help until something changes (a new token, another origin, a smaller message). */
+export const TERMINAL_CLOSE_CODES: ReadonlySet<number> = new Set([1009, 4401, 4403]);
+
+/** Reconnect with backoff and resume by cursor: nothing is lost. */
+export const RETRY_CLOSE_CODES: ReadonlySet<number> = new Set([1001, 1008, 1012, 4408, 4429]);

@@ -1,0 +1,68 @@
+// The client's own types, beside the generated wire types (websocket.ts re-exports this file).
+import type { EventDataByType, EventType, PublishedMessage, WebSocketMessage } from './websocket';
+
+/**
+ * - `connecting`: the client means to be connected and is not yet: opening a socket, waiting for the
+ *   next retry (`nextRetryAt`), or waiting for the network to come back (`online` false).
+ * - `connected`: the service welcomed this connection; subscriptions and publishes flow.
+ * - `disconnected`: not connected and not trying (before `connect()`, after `close()`).
+ * - `error`: stopped by a terminal close code (4401 auth, 4403 origin, 1009 too big); `error` says
+ *   why. Only `connect()` tries again.
+ */
+export type ConnectionStatus = 'connecting' | 'connected' | 'disconnected' | 'error';
+
+/** How events reach the client: the WebSocket now; SSE and polling are the fallbacks to come. */
+export type TransportKind = 'websocket' | 'sse' | 'polling';
+
+/** The observable state of the client: the seed's four fields, and what a connection indicator shows. */
+export interface WebSocketState {
+  status: ConnectionStatus;
+  /** Why the last connection failed or ended (cleared once connected again). */
+  error?: string;
+  /** The newest event handed to the application. */
+  lastMessage?: WebSocketMessage;
+  /** Failed attempts since the last successful connection: the retry scheduled now is number n. */
+  reconnectAttempts: number;
+  /** The transport in use or being tried; null while disconnected. */
+  transport: TransportKind | null;
+  /** When the next attempt starts (ms since the epoch), while one is scheduled. */
+  nextRetryAt: number | null;
+  /** Publishes not yet answered by the service (queued offline, or in flight). */
+  queued: number;
+  /** The browser's idea of the network; while false the client waits instead of retrying. */
+  online: boolean;
+}
+
+/**
+ * A publish: an event without the fields the service assigns. An event the client holds (a
+ * `WebSocketMessage`) is one too: its `seq` and `timestamp` are ignored, its `messageId` kept.
+ */
+export type OutgoingMessage = {
+  [K in EventType]: {
+    type: K;
+    projectId: string;
+    data: EventDataByType[K];
+    /** Makes the publish idempotent: the service appends one event per (projectId, messageId). */
+    messageId?: string;
+    seq?: number;
+    timestamp?: string;
+  };
+}[EventType];
+
+export interface SubscribeOptions {
+  /**
+   * Deliver the events after this seq (e.g. a state snapshot's `seq`). Used when the subscription
+   * starts; while the project is already subscribed its one position stands.
+   */
+  after?: number;
+}
+
+/** What `useWebSocket()` returns (the seed's UseWebSocketReturn). */
+export interface UseWebSocketReturn {
+  state: WebSocketState;
+  /** Publishes; resolves when the event is durable, rejects on an `error` naming its messageId. */
+  sendMessage(message: OutgoingMessage): Promise<PublishedMessage>;
+  /** Reference-counted: each call needs one `unsubscribe` (one server subscription per project). */
+  subscribe(projectId: string, options?: SubscribeOptions): void;
+  unsubscribe(projectId: string): void;
+}

@@ -1,0 +1,248 @@
+// Generated from service/messages.py by frontend/scripts/gen-types.mjs. Do not edit: run `npm run gen:types`.
+
+export interface AckMessage {
+  type: 'ack';
+  projectId: string;
+  seq: number;
+}
+export interface AckRequest {
+  clientId: string;
+  seq: number;
+}
+export interface AckResult {
+  seq: number;
+}
+/**
+ * Progress of one agent run; the latest event per `runId` is the run's state.
+ */
+export interface AgentRunProgress {
+  runId: string;
+  status: 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+  progress: number;
+  step?: string | null;
+  message?: string | null;
+}
+export interface AuthMessage {
+  type: 'auth';
+  token: string;
+}
+export type ClientMessage =
+  AuthMessage | SubscribeMessage | UnsubscribeMessage | AckMessage | PingMessage | PongMessage | PublishMessage;
+export interface Cursor {
+  clientId: string;
+  user: string;
+  seq: number;
+  updatedAt: string;
+}
+export interface CursorList {
+  cursors: Cursor[];
+}
+export interface ErrorBody {
+  error: string;
+  message: string;
+  field?: string | null;
+}
+export interface ErrorMessage {
+  type: 'error';
+  code: string;
+  message: string;
+  ref?: string | null;
+}
+/**
+ * An appended event, as it appears everywhere (HTTP bodies, WebSocket frames, SSE `data:`).
+ *
+ * The envelope of the original requirements (type, project_id, data, timestamp, message_id) plus
+ * `seq`, the event's position in its project's gap-free sequence.
+ */
+export interface Event {
+  type: 'agent_run_progress' | 'pr_notification' | 'validation_update';
+  projectId: string;
+  seq: number;
+  messageId: string;
+  /**
+   * ISO 8601 UTC, millisecond precision, ending in Z
+   */
+  timestamp: string;
+  data: {
+    [k: string]: unknown;
+  };
+}
+export interface EventPage {
+  events: Event[];
+  /**
+   * the after (asc) or before (desc) of the next page, if any
+   */
+  next: number | null;
+}
+export interface PingMessage {
+  type: 'ping';
+  ts?: number | null;
+}
+export interface PongMessage {
+  type: 'pong';
+  ts?: number | null;
+}
+/**
+ * Something happened to a pull request (GitHub's `pull_request` action, `merged`, `review_*`).
+ */
+export interface PrNotification {
+  action: string;
+  number: number;
+  title: string;
+  url: string;
+  repo: string;
+  author?: string | null;
+  headSha?: string | null;
+}
+export interface Project {
+  id: string;
+  name: string;
+  repo: string | null;
+  head: number;
+}
+export interface ProjectCreate {
+  id: string;
+  name: string;
+  repo?: string | null;
+}
+export interface ProjectList {
+  projects: Project[];
+}
+/**
+ * The body of `GET /api/projects/{id}/state`: the project as a dashboard shows it, as of `seq`.
+ *
+ * Every item is the latest event of its subject, newest first, at most `limit` per list. Folding
+ * these events with the events after `seq` gives the state at any later point (docs/protocol.md).
+ */
+export interface ProjectState {
+  projectId: string;
+  /**
+   * the log position this state reflects: subscribe with after = seq
+   */
+  seq: number;
+  /**
+   * the latest agent_run_progress event of each runId
+   */
+  agentRuns: Event[];
+  /**
+   * the latest pr_notification event of each (repo, number)
+   */
+  pullRequests: Event[];
+  /**
+   * the latest validation_update event of each (name, headSha)
+   */
+  validations: Event[];
+  /**
+   * the latest pr_notification events
+   */
+  notifications: Event[];
+}
+/**
+ * An event-shaped message: publish `data` as an event of `type` to `projectId`.
+ */
+export interface PublishMessage {
+  type: 'agent_run_progress' | 'pr_notification' | 'validation_update';
+  projectId: string;
+  data?: unknown;
+  messageId?: string | null;
+  timestamp?: unknown;
+  seq?: unknown;
+}
+/**
+ * The body of `POST /api/projects/{id}/events`. `timestamp`, `seq` (and a matching `projectId`)
+ * may be present, as when a client re-sends an event it holds, and are ignored.
+ */
+export interface PublishRequest {
+  type: string;
+  data?: unknown;
+  messageId?: string | null;
+  projectId?: string | null;
+  timestamp?: unknown;
+  seq?: unknown;
+}
+export interface PublishedMessage {
+  type: 'published';
+  projectId: string;
+  messageId: string;
+  seq: number;
+}
+export type ServerMessage =
+  | WelcomeMessage
+  | SubscribedMessage
+  | UnsubscribedMessage
+  | Event
+  | PublishedMessage
+  | PingMessage
+  | PongMessage
+  | ErrorMessage;
+export interface SubscribeMessage {
+  type: 'subscribe';
+  projectId: string;
+  after?: number | null;
+}
+export interface SubscribedMessage {
+  type: 'subscribed';
+  projectId: string;
+  after: number;
+  head: number;
+}
+export interface UnsubscribeMessage {
+  type: 'unsubscribe';
+  projectId: string;
+}
+export interface UnsubscribedMessage {
+  type: 'unsubscribed';
+  projectId: string;
+}
+/**
+ * A check, workflow or status context; keyed by `name` and `headSha` in the state snapshot.
+ */
+export interface ValidationUpdate {
+  name: string;
+  status: 'queued' | 'in_progress' | 'completed';
+  conclusion?:
+    | (
+        | 'success'
+        | 'failure'
+        | 'neutral'
+        | 'cancelled'
+        | 'skipped'
+        | 'timed_out'
+        | 'action_required'
+        | 'stale'
+        | 'startup_failure'
+        | 'error'
+      )
+    | null;
+  url?: string | null;
+  prNumber?: number | null;
+  headSha?: string | null;
+}
+export interface WelcomeMessage {
+  type: 'welcome';
+  clientId: string;
+  connectionId: string;
+  heartbeatMs: number;
+}
+
+// --- the typed event envelope (from x-herald-event-data) ---
+
+/** The schema of each event type's `data` (PROTOCOL.md §2). */
+export interface EventDataByType {
+  agent_run_progress: AgentRunProgress;
+  pr_notification: PrNotification;
+  validation_update: ValidationUpdate;
+}
+
+export type EventType = keyof EventDataByType;
+
+/**
+ * An event as the client hands it to the application: the envelope of the original requirements
+ * (type, projectId, data, timestamp, messageId) plus `seq`, with `data` typed by `type`.
+ */
+export type WebSocketMessage<T extends EventType = EventType> = {
+  [K in T]: Omit<Event, 'type' | 'data'> & { type: K; data: EventDataByType[K] };
+}[T];
+
+// The client's own (hand-written) types: WebSocketState, UseWebSocketReturn, ...
+export * from './state';

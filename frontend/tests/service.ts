@@ -1,0 +1,173 @@
+// The real Herald service for integration tests: `python -m service serve` on a free port with a
+// fresh data dir (its embedded PostgreSQL), which a test may kill -9 and start again.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { Event } from '../src/types/websocket';
+
+const repo = resolve(import.meta.dirname, '../..');
+/** The interpreter of the service: ../.venv/bin/python unless HERALD_PYTHON says otherwise. */
+export const PYTHON = process.env.HERALD_PYTHON || resolve(repo, '.venv/bin/python');
+
+/** A timing factor for slow machines, as the Python tests have (HERALD_TESTS_TIMEOUT_FACTOR). */
+export const FACTOR = Number(process.env.HERALD_TESTS_TIMEOUT_FACTOR || '1');
+
+async function freePort(): Promise<number> {
+  return new Promise((done, fail) => {
+    const server = createServer();
+    server.once('error', fail);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address !== null ? address.port : 0;
+      server.close(() => done(port));
+    });
+  });
+}
+
+/** Waits until `check` returns true, polling every 25 ms; throws after `timeoutMs`. */
+export async function until(check: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs * FACTOR;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((done) => setTimeout(done, 25));
+  }
+}
+
+export class Service {
+  readonly dataDir = mkdtempSync(join(tmpdir(), 'herald-frontend-'));
+  readonly env: NodeJS.ProcessEnv;
+  port = 0;
+  token = '';
+  private child: ChildProcess | null = null;
+  private output = '';
+
+  private constructor() {
+    this.env = { ...process.env, HERALD_DATA_DIR: this.dataDir, HERALD_SECRET: 'frontend-integration-secret-0123456789' };
+  }
+
+  /** A running service with an admin token for every project. */
+  static async start(): Promise<Service> {
+    const service = new Service();
+    try {
+      service.port = await freePort();
+      service.token = service.cli('token', '--user', 'u', '--projects', '*', '--scopes', 'admin').trim();
+      await service.launch();
+    } catch (error) {
+      await service.dispose(); // the caller never gets it to clean up
+      throw error;
+    }
+    return service;
+  }
+
+  get baseUrl(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  cli(...args: string[]): string {
+    return execFileSync(PYTHON, ['-m', 'service', ...args], { cwd: repo, env: this.env, encoding: 'utf8' });
+  }
+
+  /** Starts the server (again: same port, same data dir) and waits until /healthz answers. */
+  async launch(): Promise<void> {
+    const child = spawn(PYTHON, ['-m', 'service', 'serve', '--port', String(this.port), '--no-access-log'], {
+      cwd: repo,
+      env: this.env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.child = child;
+    const keep = (chunk: Buffer) => {
+      this.output = (this.output + chunk.toString()).slice(-20_000);
+    };
+    child.stdout?.on('data', keep);
+    child.stderr?.on('data', keep);
+    try {
+      await until(
+        async () => {
+          if (child.exitCode !== null) throw new Error(`the service exited with ${child.exitCode}`);
+          try {
+            return (await fetch(`${this.baseUrl}/healthz`)).ok;
+          } catch {
+            return false;
+          }
+        },
+        30_000,
+        'the service to start',
+      );
+    } catch (error) {
+      throw new Error(`${String(error)}\n--- service output ---\n${this.output}`, { cause: error });
+    }
+  }
+
+  /** kill -9: no shutdown, no ack flush; the embedded PostgreSQL stays up for the next launch. */
+  async kill(): Promise<void> {
+    await this.signal('SIGKILL');
+  }
+
+  /** A clean stop (which stops the embedded PostgreSQL too); then the data dir goes. */
+  async dispose(): Promise<void> {
+    try {
+      if (this.child !== null && this.child.exitCode === null && this.child.signalCode === null) {
+        await this.signal('SIGTERM', 15_000);
+      }
+    } finally {
+      // After a kill -9 without a relaunch, the embedded server is still running: stop it (fast).
+      const pidFile = join(this.dataDir, 'pg', 'postmaster.pid');
+      if (existsSync(pidFile)) {
+        const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
+        try {
+          process.kill(pid, 'SIGINT');
+          await until(() => !existsSync(pidFile), 10_000, 'the embedded PostgreSQL to stop');
+        } catch {
+          // Already gone.
+        }
+      }
+      rmSync(this.dataDir, { recursive: true, force: true });
+    }
+  }
+
+  private async signal(signal: NodeJS.Signals, timeoutMs = 5000): Promise<void> {
+    const child = this.child;
+    if (child === null || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((done) => child.once('exit', done));
+    child.kill(signal);
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    await exited;
+    clearTimeout(timer);
+  }
+
+  async request<T>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
+    const response = await fetch(`${this.baseUrl}${path}`, {
+      method,
+      headers: { Authorization: `Bearer ${this.token}`, 'Content-Type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    return { status: response.status, body: (await response.json()) as T };
+  }
+
+  async createProject(id: string): Promise<void> {
+    const { status } = await this.request('POST', '/api/projects', { id, name: id });
+    if (status !== 201) throw new Error(`creating ${id}: HTTP ${status}`);
+  }
+
+  /** Publishes an agent_run_progress event over HTTP; returns it as stored. */
+  async publish(projectId: string, messageId: string): Promise<Event> {
+    const { status, body } = await this.request<Event>('POST', `/api/projects/${projectId}/events`, {
+      type: 'agent_run_progress',
+      data: { runId: 'r', status: 'running', progress: 1 },
+      messageId,
+    });
+    if (status !== 201 && status !== 200) throw new Error(`publishing to ${projectId}: HTTP ${status}`);
+    return body;
+  }
+
+  /** This client's durable cursor for a project (0 when it has none). */
+  async cursor(projectId: string, clientId: string): Promise<number> {
+    const { body } = await this.request<{ cursors: { clientId: string; seq: number }[] }>(
+      'GET',
+      `/api/projects/${projectId}/cursors`,
+    );
+    return body.cursors.find((cursor) => cursor.clientId === clientId)?.seq ?? 0;
+  }
+}
