@@ -247,6 +247,37 @@ async def test_two_instances_behave_as_one(server: RunningServer, database_url: 
         await stop_server(other, task)
 
 
+@dataclass
+class OutageProducer:
+    """Publishes m1, m2, ... until stopped; after a 503 it retries the same messageId, as a producer
+    must (the outcome of a publish cut mid-commit is unknown to it; the messageId makes the retry
+    safe). Every answer must come promptly: a publish that hangs through an outage fails the test."""
+
+    http: httpx.AsyncClient
+    project_id: str = "p"
+    durable: list[int] = field(default_factory=list)
+    unavailable: int = 0
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            while True:
+                started = time.monotonic()
+                r = await self.http.post(
+                    f"/api/projects/{self.project_id}/events",
+                    json={"type": "agent_run_progress", "messageId": f"m{n}", "data": RUN},
+                )
+                assert time.monotonic() - started < timeout(6), "a publish hung during the outage"
+                if r.status_code in (200, 201):
+                    self.durable.append(r.json()["seq"])
+                    break
+                assert r.status_code == 503 and r.json()["error"] == "unavailable", r.text
+                self.unavailable += 1
+                await asyncio.sleep(0.05)
+
+
 async def test_all_connections_cut_while_publishing(
     server: RunningServer, client: httpx.AsyncClient, database_url: str
 ) -> None:
@@ -256,35 +287,8 @@ async def test_all_connections_cut_while_publishing(
     await create(client, "p")
     ws = await open_client(server)
     await ws.subscribe("p")
-    durable: list[int] = []
-    failures = 0
-    stop = asyncio.Event()
-
-    async def producer() -> None:
-        """Publishes m1, m2, ...; after a 503 it retries the same messageId, as a producer must (the
-        outcome of a publish cut mid-commit is unknown to it; the messageId makes the retry safe)."""
-        nonlocal failures
-        n = 0
-        while not stop.is_set():
-            n += 1
-            while True:
-                started = time.monotonic()
-                r = await client.post(
-                    "/api/projects/p/events",
-                    json={
-                        "type": "agent_run_progress",
-                        "messageId": f"m{n}",
-                        "data": {"runId": "r", "status": "running", "progress": 1},
-                    },
-                )
-                assert time.monotonic() - started < timeout(6), "a publish hung during the outage"
-                if r.status_code in (200, 201):
-                    durable.append(r.json()["seq"])
-                    break
-                assert r.status_code == 503 and r.json()["error"] == "unavailable", r.text
-                failures += 1
-
-    task = asyncio.create_task(producer())
+    producer = OutageProducer(client)
+    task = asyncio.create_task(producer.run())
     admin = await asyncpg.connect(db.asyncpg_dsn(database_url))
     try:
         for _ in range(5):
@@ -295,9 +299,10 @@ async def test_all_connections_cut_while_publishing(
             )
         await asyncio.sleep(0.5)
     finally:
-        stop.set()
+        producer.stop.set()
         await task
         await admin.close()
+    durable = producer.durable
     assert durable, "nothing was published"
     assert durable == list(range(1, len(durable) + 1))
     got = await ws.events("p", len(durable), wait=10)
@@ -414,43 +419,19 @@ async def test_postgres_restarted_under_the_service(own_postgres: OwnPostgres, t
         await create(http, "p")
         ws = await open_client(running)
         await ws.subscribe("p")
-        durable: list[int] = []
-        outage_answers: list[int] = []
-        stop = asyncio.Event()
-        down = asyncio.Event()
-
-        async def producer() -> None:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                while True:
-                    started = time.monotonic()
-                    r = await http.post(
-                        "/api/projects/p/events",
-                        json={"type": "agent_run_progress", "messageId": f"m{n}", "data": RUN},
-                    )
-                    assert time.monotonic() - started < timeout(6), "a publish hung during the outage"
-                    if down.is_set():
-                        outage_answers.append(r.status_code)
-                    if r.status_code in (200, 201):
-                        durable.append(r.json()["seq"])
-                        break
-                    assert r.status_code == 503 and r.json()["error"] == "unavailable", r.text
-                    await asyncio.sleep(0.05)
-
-        producing = asyncio.create_task(producer())
+        producer = OutageProducer(http)
+        producing = asyncio.create_task(producer.run())
         await asyncio.sleep(0.5)
         url = own_postgres.url
         await own_postgres.stop()
-        down.set()
         await asyncio.sleep(1.5)
         await own_postgres.start()
         assert own_postgres.url == url
-        down.clear()
+        durable = producer.durable
         await wait_until(lambda: len(durable) >= 20 and durable[-1] > 10, 15, "publishing to resume")
-        stop.set()
+        producer.stop.set()
         await producing
-        assert 503 in outage_answers, "the outage was not observed"
+        assert producer.unavailable > 0, "the outage was not observed"
         assert durable == list(range(1, len(durable) + 1))
         assert seqs_of(await ws.events("p", len(durable), wait=15)) == durable
         assert await ws.silence(0.3) == []

@@ -127,8 +127,8 @@ def project_missing(project_id: str) -> ApiError:
     return ApiError(ErrorCode.NOT_FOUND, f"no project {project_id!r}")
 
 
-async def read_json(request: Request, limit: int = MAX_MESSAGE_BYTES) -> Any:
-    """The request body parsed as JSON: 413 past `limit` bytes (before parsing), 400 when malformed."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body: 413 past `limit` bytes, told by Content-Length before reading, else while reading."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(ErrorCode.TOO_LARGE, f"body is {declared} bytes; the limit is {limit}")
@@ -139,7 +139,12 @@ async def read_json(request: Request, limit: int = MAX_MESSAGE_BYTES) -> Any:
         if size > limit:
             raise ApiError(ErrorCode.TOO_LARGE, f"body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int = MAX_MESSAGE_BYTES) -> Any:
+    """The request body parsed as JSON: 413 past `limit` bytes (before parsing), 400 when malformed."""
+    body = await read_body(request, limit)
     if not body:
         raise ApiError(ErrorCode.INVALID_JSON, "the body is empty; expected a JSON object")
     try:

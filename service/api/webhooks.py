@@ -21,7 +21,7 @@ from .. import webhooks
 from ..app import Runtime
 from ..codes import ErrorCode
 from ..messages import InvalidData, event_data
-from .http import ERRORS, ApiError, Rt, json_response
+from .http import ERRORS, ApiError, Rt, json_response, read_body
 
 log = logging.getLogger("herald.webhooks")
 
@@ -44,21 +44,6 @@ _RESULT = {
         }
     }
 }
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, as signed: 413 past `limit` bytes, told by Content-Length or while streaming."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(ErrorCode.TOO_LARGE, f"body is {declared} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(ErrorCode.TOO_LARGE, f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def parse_payload(body: bytes, content_type: str) -> dict[str, Any]:
