@@ -1,7 +1,13 @@
 // Stand-ins for the browser and the service, for the client's unit tests (fake timers, no sockets).
 import type { Platform } from '../src/services/platform';
-import type { WebSocketLike } from '../src/services/transport';
-import type { AgentRunProgress, ClientMessage, Event, ServerMessage } from '../src/types/websocket';
+import type {
+  Transport,
+  TransportFactory,
+  TransportHandlers,
+  TransportOptions,
+  WebSocketLike,
+} from '../src/services/transport';
+import type { AgentRunProgress, ClientMessage, Event, ServerMessage, TransportKind } from '../src/types/websocket';
 
 /** A WebSocket the test drives by hand: `open()`, `receive(frame)`, `drop(code)`. */
 export class FakeSocket implements WebSocketLike {
@@ -124,4 +130,167 @@ export function event(projectId: string, seq: number): Event & { type: 'agent_ru
 /** Lets pending promise callbacks run (no timers move). */
 export async function settle(): Promise<void> {
   for (let i = 0; i < 20; i += 1) await Promise.resolve();
+}
+
+/** A transport the test drives by hand, as `FakeSocket` is a socket: `open()`, `receive()`, `drop()`. */
+export class FakeTransport implements Transport {
+  readonly kind: TransportKind;
+  readonly pollIntervalMs?: number;
+  readonly sent: ClientMessage[] = [];
+  closedWith: { code: number; reason: string } | null = null;
+  private readonly handlers: TransportHandlers;
+
+  constructor(kind: TransportKind, options: TransportOptions, pollIntervalMs?: number) {
+    this.kind = kind;
+    this.handlers = options.handlers;
+    if (pollIntervalMs !== undefined) this.pollIntervalMs = pollIntervalMs;
+  }
+
+  send(message: ClientMessage): void {
+    if (this.closedWith === null) this.sent.push(message);
+  }
+
+  close(code: number, reason: string): void {
+    this.closedWith = { code, reason };
+  }
+
+  open(): void {
+    this.handlers.onOpen();
+  }
+
+  receive(message: ServerMessage): void {
+    this.handlers.onMessage(message);
+  }
+
+  /** Opens, and welcomes the client as a transport does after `auth`. */
+  accept(heartbeatMs = 15_000): void {
+    this.open();
+    this.receive({ type: 'welcome', clientId: 'c', connectionId: this.kind, heartbeatMs });
+  }
+
+  drop(code = 1006, reason = ''): void {
+    this.handlers.onClose({ code, reason });
+  }
+
+  frames<T extends ClientMessage['type']>(type: T): (ClientMessage & { type: T })[] {
+    return this.sent.filter((frame): frame is ClientMessage & { type: T } => frame.type === type);
+  }
+}
+
+/** A transport factory of one kind that records every transport it makes. */
+export function fakeTransports(kind: TransportKind, pollIntervalMs?: number) {
+  const made: FakeTransport[] = [];
+  const factory: TransportFactory = (options) => {
+    const transport = new FakeTransport(kind, options, pollIntervalMs);
+    made.push(transport);
+    return transport;
+  };
+  return {
+    factory,
+    made,
+    get last(): FakeTransport {
+      const transport = made.at(-1);
+      if (transport === undefined) throw new Error(`no ${kind} transport was made`);
+      return transport;
+    },
+  };
+}
+
+/** A request the fake service got. */
+export interface FakeRequest {
+  method: string;
+  url: URL;
+  /** `pathname?search`, for matching. */
+  path: string;
+  headers: Headers;
+  body: unknown;
+  signal: AbortSignal | null;
+}
+
+/** An event-stream response the test writes to by hand; it errors when the request is aborted. */
+export class FakeStream {
+  readonly response: Response;
+  ended = false;
+  private controller!: ReadableStreamDefaultController<Uint8Array>;
+
+  constructor(signal: AbortSignal | null) {
+    const body = new ReadableStream<Uint8Array>({
+      start: (controller) => {
+        this.controller = controller;
+      },
+      cancel: () => {
+        this.ended = true;
+      },
+    });
+    this.response = new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
+    signal?.addEventListener('abort', () => {
+      if (this.ended) return;
+      this.ended = true;
+      this.controller.error(new DOMException('aborted', 'AbortError'));
+    });
+  }
+
+  get aborted(): boolean {
+    return this.ended;
+  }
+
+  write(text: string): void {
+    if (!this.ended) this.controller.enqueue(new TextEncoder().encode(text));
+  }
+
+  /** An event as the service frames it. */
+  event(event: Event, id: string = String(event.seq)): void {
+    this.write(`id: ${id}\nevent: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`);
+  }
+
+  end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.controller.close();
+  }
+}
+
+type Route = (request: FakeRequest) => Response | Promise<Response> | FakeStream | undefined;
+
+/**
+ * A fake service over `fetch`: routes answer requests (the first that returns something wins);
+ * unrouted requests get 404. Every request is recorded.
+ */
+export function fakeHttp() {
+  const requests: FakeRequest[] = [];
+  const routes: Route[] = [];
+  const fetch = async (input: string | URL | Request, init: RequestInit = {}): Promise<Response> => {
+    const url = new URL(String(input));
+    const request: FakeRequest = {
+      method: init.method ?? 'GET',
+      url,
+      path: url.pathname + url.search,
+      headers: new Headers(init.headers),
+      body: typeof init.body === 'string' ? JSON.parse(init.body) : undefined,
+      signal: init.signal ?? null,
+    };
+    requests.push(request);
+    if (request.signal?.aborted) throw new DOMException('aborted', 'AbortError');
+    for (const route of routes) {
+      const answer = await route(request);
+      if (answer instanceof FakeStream) return answer.response;
+      if (answer !== undefined) return answer;
+    }
+    return json(404, { error: 'not_found', message: `no route for ${request.method} ${request.path}` });
+  };
+  return {
+    fetch: fetch as typeof globalThis.fetch,
+    requests,
+    route(route: Route) {
+      routes.unshift(route); // later routes take precedence
+    },
+    /** The requests to a path (without the query), in order. */
+    to(pathname: string, method = 'GET') {
+      return requests.filter((request) => request.url.pathname === pathname && request.method === method);
+    },
+  };
+}
+
+export function json(status: number, body: unknown): Response {
+  return new Response(JSON.stringify(body), { status, headers: { 'Content-Type': 'application/json' } });
 }

@@ -5,6 +5,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import WebSocket from 'ws';
 import type { Event } from '../src/types/websocket';
 
 const repo = resolve(import.meta.dirname, '../..');
@@ -170,4 +171,23 @@ export class Service {
     );
     return body.cursors.find((cursor) => cursor.clientId === clientId)?.seq ?? 0;
   }
+}
+
+/**
+ * Switches a test turns to block the client's ways to the (real, untouched) service: `ws` sends the
+ * client's sockets to a port nothing listens on (refused at once), `sse` fails its event streams.
+ */
+export async function gates(service: Service) {
+  const deadPort = await freePort();
+  const blocked = { ws: false, sse: false };
+  class GatedWebSocket extends WebSocket {
+    constructor(url: string) {
+      super(blocked.ws ? url.replace(`:${service.port}/`, `:${deadPort}/`) : url);
+    }
+  }
+  const gatedFetch: typeof fetch = async (input, init) => {
+    if (blocked.sse && String(input).includes('/stream')) throw new TypeError('blocked by the test');
+    return fetch(input, init);
+  };
+  return { blocked, WebSocket: GatedWebSocket, fetch: gatedFetch };
 }

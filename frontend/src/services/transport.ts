@@ -1,6 +1,7 @@
 // The seam between the client and the wire. The client speaks the frames of PROTOCOL.md §4 in
 // both directions; a transport carries them. The WebSocket transport passes them through; the
-// SSE and polling fallbacks (to come) translate them (subscribe -> a stream, ack -> POST ...).
+// fallbacks translate them (sseTransport.ts, pollingTransport.ts: subscribe -> a stream or a poll,
+// ack and publish -> HTTP requests, their answers -> `subscribed`, `published`, `error` frames).
 import type { ClientMessage, ServerMessage } from '../types/websocket';
 import type { TransportKind } from '../types/state';
 
@@ -14,6 +15,8 @@ export interface TransportHandlers {
 
 export interface Transport {
   readonly kind: TransportKind;
+  /** How often a polling transport reads the history (shown in the client's state). */
+  readonly pollIntervalMs?: number;
   /** Sends one frame; frames sent before `onOpen` or after the end are dropped. */
   send(message: ClientMessage): void;
   /** Ends the transport; no handler is called after this. */

@@ -28,6 +28,7 @@ function setup(options: Partial<ClientOptions> = {}) {
     platform: net.platform,
     storage: memoryStorage(),
     fetch: fetch as unknown as typeof globalThis.fetch,
+    fallbacks: [], // the WebSocket alone: fallback.test.ts covers the ladder
     ...options,
   });
   const received: WebSocketMessage[] = [];

@@ -1,10 +1,13 @@
-// Herald's browser client: one connection for every project, resumable, observable.
+// Herald's browser client: one connection for every project, resumable, observable; the WebSocket
+// first, SSE and then polling when it cannot connect, and back to the WebSocket when it can.
 // Framework-agnostic: React binds to it through useSyncExternalStore (hooks/useWebSocket.ts).
-// The semantics (state machine, what is guaranteed, the close-code policy) are in docs/client.md.
+// The semantics (state machine, fallback ladder, what is guaranteed, the close-code policy) are in
+// docs/client.md.
 import { TERMINAL_CLOSE_CODES } from '../types/codes';
 import type {
   ErrorMessage,
   Event,
+  ProjectState,
   PublishMessage,
   PublishedMessage,
   ServerMessage,
@@ -17,10 +20,16 @@ import type {
 } from '../types/websocket';
 import type { OutgoingMessage, SubscribeOptions } from '../types/state';
 import { backoff } from './backoff';
-import { readHistory } from './history';
+import { HeraldError } from './errors';
+import { readHistory, readState } from './history';
+import { indexedDbQueue } from './indexedDbQueue';
 import { browserPlatform, browserStorage, randomId, type KeyValueStorage, type Platform } from './platform';
+import { pollingTransport } from './pollingTransport';
 import { memoryQueue, type SendQueue } from './sendQueue';
+import { sseTransport } from './sseTransport';
 import { webSocketTransport, type Transport, type TransportFactory, type WebSocketConstructor } from './transport';
+
+export { HeraldError } from './errors';
 
 /** Protocol tunables and their defaults. */
 export const defaults = {
@@ -32,7 +41,16 @@ export const defaults = {
   /** Acks go out this often, or as soon as this many events are unacked. */
   ackIntervalMs: 100,
   ackBatchSize: 50,
+  /** Consecutive attempts of one transport that fail before `welcome` before the next is tried. */
+  fallbackAfter: 3,
+  /** The polling fallback reads each project's history this often. */
+  pollIntervalMs: 5000,
+  /** The service's SSE keep-alive (HERALD_SSE_KEEPALIVE_MS): a stream silent for 2 × this is dropped. */
+  sseKeepAliveMs: 15_000,
 } as const;
+
+/** `error` codes of a publish that say "not now" rather than "no": it stays queued and goes again. */
+const TRANSIENT_PUBLISH_ERRORS: ReadonlySet<string> = new Set(['unavailable', 'rate_limited']);
 
 /** PROTOCOL.md §2: a publish over 64 KiB would close the connection with 1009. */
 const MAX_MESSAGE_BYTES = 64 * 1024;
@@ -45,35 +63,30 @@ export interface ClientOptions {
   baseUrl?: string;
   /** The WebSocket constructor (default: the global one; `ws` in Node). */
   WebSocket?: WebSocketConstructor;
-  /** Replaces the WebSocket transport altogether (tests, and the fallbacks to come). */
+  /** Replaces the WebSocket transport (tests). */
   transport?: TransportFactory;
+  /**
+   * The transports tried, in order, when the one before cannot connect (default: SSE, then polling,
+   * over `fetch`; `[]` for none). While on a fallback the client keeps trying the ones above it.
+   */
+  fallbacks?: TransportFactory[];
   fetch?: typeof fetch;
   /** Where the clientId lives (default: localStorage, else memory). */
   storage?: KeyValueStorage;
   /** Network and visibility signals (default: the browser's). */
   platform?: Platform;
-  /** Unanswered publishes (default: in memory). */
+  /** Unanswered publishes (default: IndexedDB where there is one, else memory). */
   queue?: SendQueue;
   minReconnectDelayMs?: number;
   maxReconnectDelayMs?: number;
   heartbeatMs?: number;
   ackIntervalMs?: number;
   ackBatchSize?: number;
+  fallbackAfter?: number;
+  pollIntervalMs?: number;
+  sseKeepAliveMs?: number;
   /** The jitter's source of randomness, in [0, 1). */
   random?: () => number;
-}
-
-/** A publish the service refused (`code` is one of codes.ts's ERROR_CODES), or one too large to send. */
-export class HeraldError extends Error {
-  readonly code: string;
-  readonly ref: string | null;
-
-  constructor(code: string, message: string, ref: string | null = null) {
-    super(message);
-    this.name = 'HeraldError';
-    this.code = code;
-    this.ref = ref;
-  }
 }
 
 /** What `on()` can listen to. */
@@ -82,8 +95,11 @@ export interface ClientEvents {
   state: WebSocketState;
   /** Every event, once, in seq order per project. */
   message: WebSocketMessage;
-  /** An `error` frame that no `sendMessage` promise took (a subscription refused, an ack refused...). */
+  /** An `error` frame that no `sendMessage` promise took (a subscription refused, an ack refused, a
+   * publish queued by an earlier page refused...). */
   error: ErrorMessage;
+  /** Every publish the service made durable, including those queued by an earlier page. */
+  published: PublishedMessage;
 }
 
 type Listener<K extends keyof ClientEvents> = (value: ClientEvents[K]) => void;
@@ -104,10 +120,22 @@ interface Stream {
   failures: number;
 }
 
+/** One try of a transport: the main connection, or a probe of a better transport in the background. */
+interface Attempt {
+  /** Its place in the ladder (0 = the best). */
+  level: number;
+  transport: Transport | null;
+}
+
 interface Waiter {
   promise: Promise<PublishedMessage>;
   resolve(published: PublishedMessage): void;
   reject(error: HeraldError): void;
+}
+
+/** IndexedDB where the page has it (so publishes outlive a reload), else memory. */
+function defaultQueue(): SendQueue {
+  return typeof indexedDB === 'undefined' ? memoryQueue() : indexedDbQueue();
 }
 
 function defaultBaseUrl(): string {
@@ -127,15 +155,18 @@ export class HeraldClient {
 
   private readonly baseUrl: string;
   private readonly token: ClientOptions['token'];
-  private readonly factory: TransportFactory;
+  /** The transports, best first: the WebSocket (when there is one), then the fallbacks. */
+  private readonly ladder: TransportFactory[];
   private readonly fetch: typeof fetch;
   private readonly platform: Platform;
   private readonly queue: SendQueue;
   private readonly tunables: {
     minReconnectDelayMs: number;
     maxReconnectDelayMs: number;
+    heartbeatMs: number;
     ackIntervalMs: number;
     ackBatchSize: number;
+    fallbackAfter: number;
     random: () => number;
   };
 
@@ -144,16 +175,23 @@ export class HeraldClient {
 
   /** The user wants a connection: between `connect()` and `close()` or a terminal close. */
   private wanted = false;
-  private transport: Transport | null = null;
-  /** Counts transports; a callback of an older one is ignored. */
-  private generation = 0;
+  /** The main connection (or the try at one); a callback of any other attempt is ignored. */
+  private current: Attempt | null = null;
   /** The current transport got its `welcome`. */
   private connected = false;
+  /** The rung of the ladder the main connection uses, and its consecutive failures before `welcome`. */
+  private level = 0;
+  private failures = 0;
   private heartbeatMs: number;
   private lastSeen = 0;
   private watchdog: ReturnType<typeof setTimeout> | null = null;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private unwatch: (() => void) | null = null;
+
+  /** While connected on a fallback: a try of a better transport, which replaces it once welcomed. */
+  private probe: Attempt | null = null;
+  private probeTimer: ReturnType<typeof setTimeout> | null = null;
+  private probeFailures = 0;
 
   private readonly streams = new Map<string, Stream>();
   /** The last seq handed over per project, kept across unsubscribes: the next subscribe resumes there. */
@@ -165,24 +203,41 @@ export class HeraldClient {
   private unacked = 0;
   private ackTimer: ReturnType<typeof setTimeout> | null = null;
   private readonly waiters = new Map<string, Waiter>();
+  /** The queue holds what earlier pages left: until then nothing is sent, so the order holds. */
+  private queueLoaded: boolean;
+  /** Publishes the service could not take yet (`unavailable`, `rate_limited`): sent again later. */
+  private readonly resends = new Map<string, { timer: ReturnType<typeof setTimeout> | null; failures: number }>();
 
   constructor(options: ClientOptions) {
     this.baseUrl = options.baseUrl ?? defaultBaseUrl();
     this.token = options.token;
-    const WebSocketImpl = options.WebSocket ?? (globalThis.WebSocket as WebSocketConstructor | undefined);
-    if (options.transport === undefined && WebSocketImpl === undefined) {
-      throw new Error('HeraldClient: no WebSocket here; pass the WebSocket option (e.g. from the ws package)');
-    }
-    this.factory = options.transport ?? webSocketTransport(WebSocketImpl as WebSocketConstructor);
     this.fetch = options.fetch ?? ((input, init) => globalThis.fetch(input, init));
+    const WebSocketImpl = options.WebSocket ?? (globalThis.WebSocket as WebSocketConstructor | undefined);
+    const first = options.transport ?? (WebSocketImpl === undefined ? null : webSocketTransport(WebSocketImpl));
+    const retry = {
+      fetch: this.fetch,
+      minRetryMs: options.minReconnectDelayMs ?? defaults.minReconnectDelayMs,
+      maxRetryMs: options.maxReconnectDelayMs ?? defaults.maxReconnectDelayMs,
+    };
+    const fallbacks = options.fallbacks ?? [
+      sseTransport({ ...retry, keepAliveMs: options.sseKeepAliveMs ?? defaults.sseKeepAliveMs }),
+      pollingTransport({ ...retry, intervalMs: options.pollIntervalMs ?? defaults.pollIntervalMs }),
+    ];
+    // No WebSocket at all: start on the fallbacks.
+    this.ladder = first === null ? fallbacks : [first, ...fallbacks];
+    if (this.ladder.length === 0) {
+      throw new Error('HeraldClient: no WebSocket here and no fallback; pass the WebSocket option (e.g. from ws)');
+    }
     this.platform = options.platform ?? browserPlatform();
-    this.queue = options.queue ?? memoryQueue();
+    this.queue = options.queue ?? defaultQueue();
     this.heartbeatMs = options.heartbeatMs ?? defaults.heartbeatMs;
     this.tunables = {
-      minReconnectDelayMs: options.minReconnectDelayMs ?? defaults.minReconnectDelayMs,
-      maxReconnectDelayMs: options.maxReconnectDelayMs ?? defaults.maxReconnectDelayMs,
+      minReconnectDelayMs: retry.minRetryMs,
+      maxReconnectDelayMs: retry.maxRetryMs,
+      heartbeatMs: this.heartbeatMs,
       ackIntervalMs: options.ackIntervalMs ?? defaults.ackIntervalMs,
       ackBatchSize: options.ackBatchSize ?? defaults.ackBatchSize,
+      fallbackAfter: options.fallbackAfter ?? defaults.fallbackAfter,
       random: options.random ?? Math.random,
     };
 
@@ -201,8 +256,11 @@ export class HeraldClient {
       nextRetryAt: null,
       queued: this.queue.size,
       online: this.platform.online(),
+      pollIntervalMs: null,
     };
+    this.queueLoaded = this.queue.ready === undefined;
     void this.queue.ready?.then(() => {
+      this.queueLoaded = true;
       this.setState({ queued: this.queue.size });
       if (this.connected) this.sendQueued();
     });
@@ -239,6 +297,8 @@ export class HeraldClient {
       offline: () => this.networkDown(),
       visible: () => this.retryNow(),
     });
+    this.level = 0;
+    this.failures = 0;
     this.setState({ status: 'connecting', reconnectAttempts: 0, error: undefined, online: this.platform.online() });
     if (this.state.online) this.open();
   };
@@ -251,10 +311,20 @@ export class HeraldClient {
     this.flushAcks();
     this.stop();
     this.drop({ code: 1000, reason: 'client closed' });
-    this.setState({ status: 'disconnected', transport: null, nextRetryAt: null, reconnectAttempts: 0, error: undefined });
+    this.setState({
+      status: 'disconnected',
+      transport: null,
+      pollIntervalMs: null,
+      nextRetryAt: null,
+      reconnectAttempts: 0,
+      error: undefined,
+    });
   };
 
-  /** Fetches the token again and, when connected, sends it (`auth`) so the connection outlives the old one. */
+  /**
+   * Fetches the token again and, when connected, sends it (`auth`) so the connection outlives the old
+   * one (the SSE fallback reopens its stream with it).
+   */
   async refreshToken(): Promise<void> {
     const token = await this.resolveToken();
     if (this.connected) this.transport?.send({ type: 'auth', token });
@@ -312,10 +382,12 @@ export class HeraldClient {
   // --- publishing -----------------------------------------------------------------------------------
 
   /**
-   * Publishes an event. Queued while disconnected and sent, in order, once connected (again after
-   * every reconnect until answered: the messageId makes that safe). Resolves with `published` once
-   * the event is durable; rejects with a HeraldError on an `error` naming its messageId. Sending the
-   * same messageId again while it is pending returns the same promise.
+   * Publishes an event. Queued (in IndexedDB by default, so it survives a reload) while disconnected
+   * and sent, in order, once connected (again after every reconnect until answered: the messageId
+   * makes that safe). Resolves with `published` once the event is durable; rejects with a HeraldError
+   * on an `error` naming its messageId, except `unavailable` and `rate_limited`, after which it stays
+   * queued and goes again with backoff. Sending the same messageId again while it is pending returns
+   * the same promise.
    */
   sendMessage = (message: OutgoingMessage): Promise<PublishedMessage> => {
     const messageId = message.messageId ?? randomId();
@@ -337,69 +409,118 @@ export class HeraldClient {
       reject = rej;
     });
     this.waiters.set(messageId, { promise, resolve, reject });
+    const queued = this.queue.has(messageId); // left by an earlier page: already on its way
     this.queue.add(frame);
     this.setState({ queued: this.queue.size });
-    if (this.connected) this.transport?.send(frame);
+    if (this.connected && this.queueLoaded && !queued) this.transport?.send(frame);
     return promise;
   };
 
+  // --- reading over HTTP ----------------------------------------------------------------------------
+
+  /** The project's state snapshot (docs/protocol.md), with this client's token; throws a HeraldError. */
+  readState = async (projectId: string, limit: number): Promise<ProjectState> => {
+    const token = await this.resolveToken();
+    return readState({ fetch: this.fetch, baseUrl: this.baseUrl, token, projectId, limit });
+  };
+
+  /** The project's events with after < seq < before, ascending, with this client's token. */
+  readEvents = async (projectId: string, after: number, before: number): Promise<Event[]> => {
+    const token = await this.resolveToken();
+    return readHistory({ fetch: this.fetch, baseUrl: this.baseUrl, token, projectId, after, before });
+  };
+
+  /** The last seq of the project handed to `message` listeners (or its start), if this client knows it. */
+  position = (projectId: string): number | null =>
+    this.streams.get(projectId)?.position ?? this.positions.get(projectId) ?? null;
+
   // --- the connection's life ------------------------------------------------------------------------
+
+  /** The transport of the main connection, while there is one. */
+  private get transport(): Transport | null {
+    return this.current?.transport ?? null;
+  }
 
   private open(): void {
     this.clearRetry();
-    const generation = ++this.generation;
+    const attempt: Attempt = { level: this.level, transport: null };
+    this.current = attempt;
     this.setState({ status: 'connecting', nextRetryAt: null });
-    let token: string | Promise<string>;
-    try {
-      token = typeof this.token === 'string' ? this.token : this.token();
-    } catch (error) {
-      this.retry(`no token: ${String(error)}`);
-      return;
-    }
-    if (typeof token === 'string') {
-      this.start(token, generation);
-      return;
-    }
-    token.then(
-      (value) => {
-        if (generation === this.generation && this.wanted) this.start(value, generation);
-      },
-      (error: unknown) => {
-        if (generation === this.generation && this.wanted) this.retry(`no token: ${String(error)}`);
+    this.withToken(
+      attempt,
+      (token) => this.start(attempt, token),
+      (error) => {
+        this.current = null;
+        this.retry(`no token: ${String(error)}`);
       },
     );
   }
 
-  private start(token: string, generation: number): void {
+  /** Calls `then` with the token (at once when it is a string), unless the attempt is given up meanwhile. */
+  private withToken(attempt: Attempt, then: (token: string) => void, fail: (error: unknown) => void): void {
+    let token: string | Promise<string>;
+    try {
+      token = typeof this.token === 'string' ? this.token : this.token();
+    } catch (error) {
+      fail(error);
+      return;
+    }
+    if (typeof token === 'string') {
+      then(token);
+      return;
+    }
+    const alive = () => this.wanted && (attempt === this.current || attempt === this.probe);
+    token.then(
+      (value) => {
+        if (alive()) then(value);
+      },
+      (error: unknown) => {
+        if (alive()) fail(error);
+      },
+    );
+  }
+
+  /** Opens the attempt's transport; its callbacks count only while it is the main one or the probe. */
+  private start(attempt: Attempt, token: string): void {
     let transport: Transport;
     try {
-      transport = this.factory({
+      transport = this.ladder[attempt.level]({
         baseUrl: this.baseUrl,
         clientId: this.clientId,
         handlers: {
           onOpen: () => {
-            if (generation === this.generation) this.transport?.send({ type: 'auth', token });
+            if (attempt === this.current || attempt === this.probe) attempt.transport?.send({ type: 'auth', token });
           },
           onMessage: (message) => {
-            if (generation === this.generation) this.receive(message);
+            if (attempt === this.current) this.receive(message);
+            else if (attempt === this.probe) this.probeReceived(attempt, message);
           },
           onClose: ({ code, reason }) => {
-            if (generation === this.generation) this.ended(code, reason);
+            if (attempt === this.current) this.ended(code, reason);
+            else if (attempt === this.probe) this.probeEnded(attempt);
           },
         },
       });
     } catch (error) {
-      this.retry(`cannot open a connection: ${String(error)}`);
+      if (attempt === this.probe) {
+        this.probeEnded(attempt);
+      } else {
+        this.current = null;
+        this.failures += 1;
+        this.retry(`cannot open a connection: ${String(error)}`);
+      }
       return;
     }
-    this.transport = transport;
-    this.setState({ transport: transport.kind });
+    attempt.transport = transport;
+    if (attempt !== this.current) return;
+    this.setState({ transport: transport.kind, pollIntervalMs: transport.pollIntervalMs ?? null });
     this.lastSeen = Date.now();
     this.armWatchdog();
   }
 
   /** The transport ended on its own: retry, unless the close code says retrying cannot help. */
   private ended(code: number, reason: string): void {
+    const welcomed = this.connected;
     this.drop(null);
     const why = `connection closed (${code}${reason ? `: ${reason}` : ''})`;
     if (TERMINAL_CLOSE_CODES.has(code)) {
@@ -407,10 +528,15 @@ export class HeraldClient {
       this.setState({ status: 'error', error: why, nextRetryAt: null });
       return;
     }
+    if (!welcomed) this.failures += 1;
     this.retry(why);
   }
 
-  /** Schedules the next attempt with backoff; offline, waits for the `online` event instead. */
+  /**
+   * Schedules the next attempt with backoff; offline, waits for the `online` event instead. After
+   * `fallbackAfter` consecutive attempts of one transport that never reached `welcome`, the next
+   * attempt uses the next transport of the ladder (after the last: the first again), soon.
+   */
   private retry(reason: string): void {
     if (!this.wanted) return;
     this.clearRetry();
@@ -419,8 +545,14 @@ export class HeraldClient {
       return;
     }
     const attempt = this.state.reconnectAttempts;
+    let step = attempt;
+    if (this.failures >= this.tunables.fallbackAfter && this.ladder.length > 1) {
+      this.level = (this.level + 1) % this.ladder.length;
+      this.failures = 0;
+      step = 0; // a transport not tried yet: no reason to wait long for it
+    }
     const { minReconnectDelayMs, maxReconnectDelayMs, random } = this.tunables;
-    const delay = backoff(attempt, minReconnectDelayMs, maxReconnectDelayMs, random);
+    const delay = backoff(step, minReconnectDelayMs, maxReconnectDelayMs, random);
     this.retryTimer = setTimeout(() => {
       this.retryTimer = null;
       this.open();
@@ -435,11 +567,16 @@ export class HeraldClient {
 
   /** Waiting for a retry? Then try now (the network came back, or the page became visible). */
   private retryNow(): void {
-    if (this.wanted && this.transport === null && this.platform.online()) this.open();
+    if (this.wanted && this.current === null && this.platform.online()) this.open();
   }
 
+  // Back online, maybe on another network: the WebSocket may work there, so start at the top again.
   private networkUp(): void {
     this.setState({ online: true });
+    if (this.current === null) {
+      this.level = 0;
+      this.failures = 0;
+    }
     this.retryNow();
   }
 
@@ -452,23 +589,36 @@ export class HeraldClient {
     this.setState({ status: 'connecting', nextRetryAt: null, error: 'offline' });
   }
 
-  /** Forgets the current transport (closing it when `close` is given); callbacks from it are ignored. */
+  /**
+   * Forgets the main transport (closing it when `close` is given) and any probe; callbacks from them
+   * are ignored.
+   */
   private drop(close: { code: number; reason: string } | null): void {
-    this.generation += 1;
     const transport = this.transport;
-    this.transport = null;
+    this.current = null;
+    this.disconnected();
+    this.stopProbe();
+    if (transport !== null && close !== null) transport.close(close.code, close.reason);
+  }
+
+  /** What a connection's end means for the subscriptions and the publishes in flight. */
+  private disconnected(): void {
     this.connected = false;
     if (this.watchdog !== null) clearTimeout(this.watchdog);
     this.watchdog = null;
     for (const stream of this.streams.values()) stream.live = false;
     this.unsubscribing.clear();
-    if (transport !== null && close !== null) transport.close(close.code, close.reason);
+    for (const resend of this.resends.values()) {
+      if (resend.timer !== null) clearTimeout(resend.timer);
+      resend.timer = null; // every queued publish goes again after the next `welcome` anyway
+    }
   }
 
   /** No more retries: `close()` or a terminal close code. */
   private stop(): void {
     this.wanted = false;
     this.clearRetry();
+    this.stopProbe();
     this.unwatch?.();
     this.unwatch = null;
   }
@@ -486,7 +636,9 @@ export class HeraldClient {
       () => {
         this.watchdog = null;
         if (Date.now() - this.lastSeen >= limit) {
+          const welcomed = this.connected;
           this.drop({ code: 4408, reason: 'no message from the service for 2 heartbeats' });
+          if (!welcomed) this.failures += 1;
           this.retry('heartbeat timeout');
         } else {
           this.armWatchdog();
@@ -494,6 +646,82 @@ export class HeraldClient {
       },
       Math.max(0, this.lastSeen + limit - Date.now()),
     );
+  }
+
+  // --- the way back up the ladder -------------------------------------------------------------------
+
+  /**
+   * While connected on a fallback, tries a better transport in the background, with the same backoff
+   * as reconnects: from SSE the WebSocket; from polling the WebSocket and SSE in turn. The first one
+   * welcomed replaces the fallback (`promote`).
+   */
+  private scheduleProbe(): void {
+    this.stopProbe();
+    if (!this.wanted || !this.connected || this.level === 0) return;
+    const { minReconnectDelayMs, maxReconnectDelayMs, random } = this.tunables;
+    const delay = backoff(this.probeFailures, minReconnectDelayMs, maxReconnectDelayMs, random);
+    this.probeTimer = setTimeout(() => {
+      this.probeTimer = null;
+      this.openProbe();
+    }, delay);
+  }
+
+  private openProbe(): void {
+    if (!this.wanted || !this.connected || this.level === 0 || !this.platform.online()) return;
+    const attempt: Attempt = { level: this.probeFailures % this.level, transport: null };
+    this.probe = attempt;
+    // A transport that opens and never welcomes (a proxy holding the upgrade) is given up too.
+    this.probeTimer = setTimeout(() => {
+      this.probeTimer = null;
+      this.probeEnded(attempt);
+    }, 2 * this.tunables.heartbeatMs);
+    this.withToken(
+      attempt,
+      (token) => this.start(attempt, token),
+      () => this.probeEnded(attempt),
+    );
+  }
+
+  private probeReceived(attempt: Attempt, message: ServerMessage): void {
+    if (message.type === 'welcome') this.promote(attempt, message);
+    else if (message.type === 'ping') attempt.transport?.send({ type: 'pong', ts: message.ts });
+  }
+
+  private probeEnded(attempt: Attempt): void {
+    if (attempt !== this.probe) return;
+    this.stopProbe();
+    this.probeFailures += 1;
+    this.scheduleProbe();
+  }
+
+  private stopProbe(): void {
+    if (this.probeTimer !== null) clearTimeout(this.probeTimer);
+    this.probeTimer = null;
+    const probe = this.probe;
+    this.probe = null;
+    probe?.transport?.close(1000, 'not needed');
+  }
+
+  /**
+   * The probe is welcomed: it becomes the main connection and the fallback is closed. Every
+   * subscription restarts on it from this client's position (so nothing is missed, and the seq
+   * dedupe drops anything the fallback had already handed over), and every unanswered publish goes
+   * again (the messageId makes that safe). Acks not yet sent wait for the new subscriptions.
+   */
+  private promote(attempt: Attempt, welcome: WelcomeMessage): void {
+    if (this.probeTimer !== null) clearTimeout(this.probeTimer);
+    this.probeTimer = null;
+    this.probe = null;
+    const old = this.transport;
+    this.disconnected();
+    this.current = attempt;
+    old?.close(1000, 'switching transport');
+    this.level = attempt.level;
+    this.failures = 0;
+    this.probeFailures = 0;
+    const transport = attempt.transport;
+    this.setState({ transport: transport?.kind ?? null, pollIntervalMs: transport?.pollIntervalMs ?? null });
+    this.receive(welcome);
   }
 
   // --- frames from the service ----------------------------------------------------------------------
@@ -508,7 +736,7 @@ export class HeraldClient {
       case 'unsubscribed':
         return this.unsubscribed(message);
       case 'published':
-        return this.settle(message.messageId, (waiter) => waiter.resolve(message));
+        return this.settle(message.messageId, { published: message });
       case 'error':
         return this.refused(message);
       case 'ping':
@@ -523,11 +751,13 @@ export class HeraldClient {
 
   private welcome(message: WelcomeMessage): void {
     this.connected = true;
+    this.failures = 0;
     this.heartbeatMs = message.heartbeatMs;
     this.armWatchdog();
     this.setState({ status: 'connected', reconnectAttempts: 0, nextRetryAt: null, error: undefined });
     for (const [projectId, stream] of this.streams) this.restart(projectId, stream);
     this.sendQueued();
+    this.scheduleProbe();
   }
 
   private subscribed(message: SubscribedMessage): void {
@@ -559,7 +789,8 @@ export class HeraldClient {
   private refused(message: ErrorMessage): void {
     const ref = message.ref ?? null;
     if (ref !== null && this.queue.has(ref)) {
-      this.settle(ref, (waiter) => waiter.reject(new HeraldError(message.code, message.message, ref)));
+      if (TRANSIENT_PUBLISH_ERRORS.has(message.code)) this.resendLater(ref);
+      else this.settle(ref, { error: message });
       return;
     }
     const stream = ref === null ? undefined : this.streams.get(ref);
@@ -680,16 +911,46 @@ export class HeraldClient {
   // --- publishes ------------------------------------------------------------------------------------
 
   private sendQueued(): void {
+    if (!this.queueLoaded) return; // the ready handler sends them all, the older ones first
     for (const frame of this.queue.list()) this.transport?.send(frame);
   }
 
-  private settle(messageId: string, outcome: (waiter: Waiter) => void): void {
+  /** The service could not take the publish now: send it again later, unless a reconnect does first. */
+  private resendLater(messageId: string): void {
+    const resend = this.resends.get(messageId) ?? { timer: null, failures: 0 };
+    this.resends.set(messageId, resend);
+    if (resend.timer !== null) return;
+    const { minReconnectDelayMs, maxReconnectDelayMs, random } = this.tunables;
+    resend.timer = setTimeout(
+      () => {
+        resend.timer = null;
+        const frame = this.queue.list().find((queued) => queued.messageId === messageId);
+        if (this.connected && frame !== undefined) this.transport?.send(frame);
+      },
+      backoff(resend.failures++, minReconnectDelayMs, maxReconnectDelayMs, random),
+    );
+  }
+
+  /** The publish is answered: out of the queue, and its promise settled (or, from an earlier page,
+   * its refusal reported to `on('error')`). */
+  private settle(messageId: string, outcome: { published: PublishedMessage } | { error: ErrorMessage }): void {
     if (!this.queue.has(messageId)) return;
     this.queue.remove(messageId);
+    const resend = this.resends.get(messageId);
+    if (resend?.timer != null) clearTimeout(resend.timer);
+    this.resends.delete(messageId);
     const waiter = this.waiters.get(messageId);
     this.waiters.delete(messageId);
     this.setState({ queued: this.queue.size });
-    if (waiter !== undefined) outcome(waiter);
+    if ('published' in outcome) {
+      waiter?.resolve(outcome.published);
+      this.emit('published', outcome.published);
+    } else if (waiter !== undefined) {
+      const { code, message } = outcome.error;
+      waiter.reject(new HeraldError(code, message, messageId));
+    } else {
+      this.emit('error', outcome.error);
+    }
   }
 
   // --- the funnel -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import type { EventDataByType, EventType, PublishedMessage, WebSocketMessage } f
  */
 export type ConnectionStatus = 'connecting' | 'connected' | 'disconnected' | 'error';
 
-/** How events reach the client: the WebSocket now; SSE and polling are the fallbacks to come. */
+/** How events reach the client: the WebSocket, else SSE, else polling (docs/client.md, "Fallback"). */
 export type TransportKind = 'websocket' | 'sse' | 'polling';
 
 /** The observable state of the client: the seed's four fields, and what a connection indicator shows. */
@@ -23,11 +23,15 @@ export interface WebSocketState {
   lastMessage?: WebSocketMessage;
   /** Failed attempts since the last successful connection: the retry scheduled now is number n. */
   reconnectAttempts: number;
-  /** The transport in use or being tried; null while disconnected. */
+  /** The transport in use or being tried; null while disconnected. While on 'sse' or 'polling', the
+   * client tries the WebSocket again in the background and switches back when it connects. */
   transport: TransportKind | null;
+  /** While the transport is 'polling': how often it reads the history (ms); else null. */
+  pollIntervalMs: number | null;
   /** When the next attempt starts (ms since the epoch), while one is scheduled. */
   nextRetryAt: number | null;
-  /** Publishes not yet answered by the service (queued offline, or in flight). */
+  /** Publishes not yet answered by the service (queued offline, or in flight), this page's and
+   * those earlier pages left in the persistent queue. */
   queued: number;
   /** The browser's idea of the network; while false the client waits instead of retrying. */
   online: boolean;

@@ -1,0 +1,377 @@
+// The SSE fallback: every subscribed project on one multi-project stream (PROTOCOL.md §5,
+// `GET /api/stream?projects=a,b&clientId=C&after=a:5,b:9`), acks and publishes over HTTP.
+//
+// The stream is read with fetch rather than EventSource: EventSource hides what this transport
+// needs — the HTTP status of a refusal (401 ends the client, 503 is retried), the `: keep-alive`
+// comments (a stream gone silent behind a proxy is noticed within 2 keep-alives), the end-of-stream
+// comment `: closed CODE: reason` (docs/protocol.md), and it can only send the token in the URL.
+// Its automatic reconnect is not wanted either: the client reconnects with its own positions.
+import type { ClientMessage, Event } from '../types/websocket';
+import { errorOf } from './errors';
+import { HttpChannel } from './httpChannel';
+import { randomId } from './platform';
+import type { Transport, TransportFactory, TransportOptions } from './transport';
+
+export interface SseOptions {
+  fetch?: typeof fetch;
+  /** The service's keep-alive interval (HERALD_SSE_KEEPALIVE_MS, 15000): the client drops a stream
+   * silent for twice this. */
+  keepAliveMs?: number;
+  /** The service takes at most 100 projects per stream; more are split over several streams. */
+  projectsPerStream?: number;
+  minRetryMs?: number;
+  maxRetryMs?: number;
+}
+
+/** How long the handshake waits for a stream's first bytes (the service sends `retry:` at once). */
+const FIRST_BYTES_MS = 10_000;
+
+/** One field-parsed message of an event stream (the WHATWG "dispatch the event" step). */
+export interface SseMessage {
+  id: string | null;
+  event: string;
+  data: string;
+}
+
+/**
+ * The event-stream format, incrementally: `push` text as it arrives; each complete message goes to
+ * `onMessage`, each comment line (without its colon) to `onComment`. Lines end with CRLF, LF or CR.
+ */
+export class SseParser {
+  private buffer = '';
+  private data: string[] = [];
+  private event = '';
+  private lastId: string | null = null;
+  private readonly onMessage: (message: SseMessage) => void;
+  private readonly onComment: (text: string) => void;
+
+  constructor(onMessage: (message: SseMessage) => void, onComment: (text: string) => void = () => {}) {
+    this.onMessage = onMessage;
+    this.onComment = onComment;
+  }
+
+  push(text: string): void {
+    this.buffer += text;
+    let start = 0;
+    for (let i = 0; i < this.buffer.length; i += 1) {
+      const char = this.buffer[i];
+      if (char !== '\n' && char !== '\r') continue;
+      if (char === '\r' && i + 1 === this.buffer.length) break; // a CR whose LF may be in the next chunk
+      this.line(this.buffer.slice(start, i));
+      if (char === '\r' && this.buffer[i + 1] === '\n') i += 1;
+      start = i + 1;
+    }
+    this.buffer = this.buffer.slice(start);
+  }
+
+  private line(line: string): void {
+    if (line === '') {
+      if (this.data.length > 0) {
+        this.onMessage({ id: this.lastId, event: this.event || 'message', data: this.data.join('\n') });
+      }
+      this.data = [];
+      this.event = '';
+      return;
+    }
+    if (line.startsWith(':')) {
+      this.onComment(line.slice(1).replace(/^ /, ''));
+      return;
+    }
+    const colon = line.indexOf(':');
+    const field = colon === -1 ? line : line.slice(0, colon);
+    const value = colon === -1 ? '' : line.slice(colon + 1).replace(/^ /, '');
+    if (field === 'data') this.data.push(value);
+    else if (field === 'event') this.event = value;
+    else if (field === 'id' && !value.includes('\0')) this.lastId = value;
+    // `retry` is EventSource's reconnect delay; the client has its own backoff.
+  }
+}
+
+/** `a:5,b:9` as a map; malformed parts are skipped. */
+export function parseVector(text: string | null): Map<string, number> {
+  const vector = new Map<string, number>();
+  for (const part of (text ?? '').split(',')) {
+    const colon = part.lastIndexOf(':');
+    const seq = Number(part.slice(colon + 1));
+    if (colon > 0 && Number.isSafeInteger(seq) && seq >= 0) vector.set(part.slice(0, colon), seq);
+  }
+  return vector;
+}
+
+/** A subscribed project: its position (null until the service says) and whether `subscribed` went. */
+interface Position {
+  seq: number | null;
+  announced: boolean;
+}
+
+/** The SSE transport over `fetch` (the global one by default). */
+export function sseTransport(options: SseOptions = {}): TransportFactory {
+  return (transportOptions) => new SseTransport(options, transportOptions);
+}
+
+class SseTransport implements Transport {
+  readonly kind = 'sse';
+  private readonly channel: HttpChannel;
+  private readonly keepAliveMs: number;
+  private readonly perStream: number;
+  private readonly clientId: string;
+  private readonly projects = new Map<string, Position>();
+  /** The current streams' controller: replaced (and the old streams aborted) at every reopen. */
+  private streams: AbortController | null = null;
+  private reopening = false;
+  private welcomed = false;
+  private idle: ReturnType<typeof setInterval> | null = null;
+
+  constructor(options: SseOptions, transport: TransportOptions) {
+    this.keepAliveMs = options.keepAliveMs ?? 15_000;
+    this.perStream = options.projectsPerStream ?? 100;
+    this.clientId = transport.clientId;
+    this.channel = new HttpChannel({
+      ...transport,
+      fetch: options.fetch ?? ((input, init) => globalThis.fetch(input, init)),
+      minRetryMs: options.minRetryMs,
+      maxRetryMs: options.maxRetryMs,
+      onEnd: () => {
+        this.streams?.abort();
+        this.streams = null;
+        this.stopIdle();
+      },
+    });
+  }
+
+  send(message: ClientMessage): void {
+    this.channel.dispatch(message, {
+      authenticated: (first, projects) => {
+        if (first) {
+          void this.welcome(projects[0] ?? null);
+          return;
+        }
+        // A new token: the streams opened with the old one end when it expires; reopen with this one.
+        this.scheduleReopen();
+      },
+      subscribe: (projectId, after) => {
+        this.projects.set(projectId, { seq: after, announced: false });
+        this.scheduleReopen();
+      },
+      unsubscribe: (projectId) => {
+        if (this.projects.delete(projectId)) this.scheduleReopen();
+      },
+    });
+  }
+
+  close(): void {
+    this.channel.close();
+  }
+
+  /**
+   * `welcome` only once an event stream is seen to flow (its first bytes, `retry: 2000`, arrive):
+   * HTTP alone says nothing of a proxy that refuses or buffers `text/event-stream`, and a transport
+   * that welcomes and then cannot stream would keep the client from falling back to polling. The
+   * stream asked is one project's (any the token names), without a clientId, so no cursor is
+   * touched; it is dropped as soon as it answers.
+   */
+  private async welcome(projectId: string | null): Promise<void> {
+    if (projectId !== null) {
+      let flowing = false;
+      try {
+        const response = await this.channel.request(`/api/projects/${encodeURIComponent(projectId)}/stream`, {
+          headers: { Accept: 'text/event-stream' },
+        });
+        const type = response.headers.get('Content-Type') ?? '';
+        if (response.ok && type.startsWith('text/event-stream') && response.body !== null) {
+          const reader = response.body.getReader();
+          // A proxy that buffers the stream holds even its first bytes: give up on it soon.
+          const timer = setTimeout(() => void reader.cancel().catch(() => {}), FIRST_BYTES_MS);
+          flowing = !(await reader.read()).done;
+          clearTimeout(timer);
+          await reader.cancel().catch(() => {});
+        } else {
+          await response.body?.cancel().catch(() => {});
+        }
+      } catch {
+        // Refused on the way, or the transport ended: not flowing.
+      }
+      if (!this.channel.open) return;
+      if (!flowing) return this.channel.fail(1006, 'no event stream gets through');
+    }
+    this.welcomed = true;
+    this.channel.emit({
+      type: 'welcome',
+      clientId: this.clientId,
+      connectionId: `sse-${randomId()}`,
+      heartbeatMs: this.keepAliveMs,
+    });
+    this.scheduleReopen();
+  }
+
+  // Frames come in bursts (every subscription is re-sent after `welcome`): one reopen for a burst.
+  private scheduleReopen(): void {
+    if (this.reopening) return;
+    this.reopening = true;
+    queueMicrotask(() => {
+      this.reopening = false;
+      if (this.welcomed && this.channel.open) this.reopen();
+    });
+  }
+
+  /** Ends the current streams and opens new ones from the positions held: nothing lost, nothing twice. */
+  private reopen(): void {
+    this.streams?.abort();
+    this.stopIdle();
+    const ids = [...this.projects.keys()];
+    if (ids.length === 0) {
+      // Nothing to stream, so nothing proves the service alive: and nothing depends on it either.
+      this.streams = null;
+      this.idle = setInterval(() => this.channel.emit({ type: 'ping', ts: Date.now() }), this.keepAliveMs);
+      return;
+    }
+    const controller = new AbortController();
+    this.streams = controller;
+    for (let i = 0; i < ids.length; i += this.perStream) {
+      void this.stream(ids.slice(i, i + this.perStream), controller);
+    }
+  }
+
+  private stopIdle(): void {
+    if (this.idle !== null) clearInterval(this.idle);
+    this.idle = null;
+  }
+
+  private streamUrl(ids: string[]): string {
+    const query = new URLSearchParams({ projects: ids.join(','), clientId: this.clientId });
+    const after = ids.flatMap((id) => {
+      const seq = this.projects.get(id)?.seq;
+      return seq === null || seq === undefined ? [] : [`${id}:${seq}`];
+    });
+    // Projects without a position resume from this client's durable cursor, else the head (§5).
+    if (after.length > 0) query.set('after', after.join(','));
+    return `/api/stream?${query.toString()}`;
+  }
+
+  private async stream(ids: string[], controller: AbortController): Promise<void> {
+    const current = () => this.streams === controller && this.channel.open;
+    let response: Response;
+    try {
+      // The channel's end aborts `streams` too (onEnd).
+      response = await this.channel.request(this.streamUrl(ids), {
+        headers: { Accept: 'text/event-stream' },
+        signal: controller.signal,
+      });
+    } catch {
+      if (current()) this.channel.fail(1006, 'the event stream could not be opened');
+      return;
+    }
+    if (!current()) {
+      await response.body?.cancel().catch(() => {});
+      return;
+    }
+    if (!response.ok || response.body === null) {
+      await this.refused(response, ids, controller);
+      return;
+    }
+    for (const id of ids) {
+      const position = this.projects.get(id);
+      if (position !== undefined && position.seq !== null && !position.announced) {
+        position.announced = true;
+        this.channel.emit({ type: 'subscribed', projectId: id, after: position.seq, head: position.seq });
+      }
+    }
+    let closed: { code: number; reason: string } | null = null;
+    const parser = new SseParser(
+      (message) => {
+        if (current()) this.received(message);
+      },
+      (comment) => {
+        if (!current()) return;
+        const end = /^closed (\d+)(?:: ?(.*))?$/.exec(comment);
+        if (end !== null) closed = { code: Number(end[1]), reason: end[2] ?? '' };
+        else this.channel.emit({ type: 'ping', ts: Date.now() }); // `: keep-alive`: the stream lives
+      },
+    );
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        parser.push(decoder.decode(value, { stream: true }));
+      }
+    } catch {
+      // Aborted by a reopen or close, or the connection broke: told apart below.
+    }
+    if (!current()) return;
+    const end = closed as { code: number; reason: string } | null;
+    this.channel.fail(end?.code ?? 1006, end?.reason || 'the event stream ended');
+  }
+
+  private received(message: SseMessage): void {
+    let event: Event;
+    try {
+      event = JSON.parse(message.data) as Event;
+    } catch {
+      return;
+    }
+    if (typeof event !== 'object' || event === null || typeof event.seq !== 'number') return;
+    // The id is every project's position on this stream: it tells where the projects subscribed
+    // without a position started (their durable cursor, or the head).
+    for (const [id, seq] of parseVector(message.id)) {
+      const position = this.projects.get(id);
+      if (position === undefined || position.announced) continue;
+      const start = id === event.projectId ? event.seq - 1 : seq;
+      position.seq = start;
+      position.announced = true;
+      this.channel.emit({ type: 'subscribed', projectId: id, after: start, head: start });
+    }
+    const position = this.projects.get(event.projectId);
+    if (position === undefined) return;
+    if (!position.announced) {
+      position.announced = true;
+      this.channel.emit({ type: 'subscribed', projectId: event.projectId, after: event.seq - 1, head: event.seq - 1 });
+    }
+    position.seq = event.seq;
+    this.channel.emit(event);
+  }
+
+  /**
+   * The stream was refused before it started. 401: the token (terminal, 4401). 403, 404, 422: one
+   * of the projects (not granted, missing, a position beyond its head): each is asked alone, the
+   * ones refused get the `error` frame the socket would send (ref = projectId) and leave the
+   * stream, which reopens without them. Anything else ends the transport (retry).
+   */
+  private async refused(response: Response, ids: string[], controller: AbortController): Promise<void> {
+    const error = await errorOf(response);
+    const current = () => this.streams === controller && this.channel.open;
+    if (!current()) return;
+    if (response.status === 401) return this.channel.fail(4401, `${error.code}: ${error.message}`);
+    if (![403, 404, 422].includes(response.status)) {
+      return this.channel.fail(1006, `the event stream was refused: ${error.code}: ${error.message}`);
+    }
+    let culprits = 0;
+    for (const id of ids) {
+      const seq = this.projects.get(id)?.seq ?? null;
+      const query = new URLSearchParams({ clientId: this.clientId });
+      if (seq !== null) query.set('after', String(seq));
+      let answer: Response;
+      try {
+        answer = await this.channel.request(`/api/projects/${encodeURIComponent(id)}/stream?${query.toString()}`, {
+          headers: { Accept: 'text/event-stream' },
+        });
+      } catch {
+        break;
+      }
+      if (answer.ok || answer.status === 401 || answer.status >= 500) {
+        // A stream that opens is not read: this only asked whether it would.
+        await answer.body?.cancel().catch(() => {});
+        continue;
+      }
+      const refusal = await errorOf(answer, id);
+      if (!current()) return;
+      culprits += 1;
+      this.projects.delete(id);
+      this.channel.emit({ type: 'error', code: refusal.code, message: refusal.message, ref: id });
+    }
+    if (!current()) return;
+    if (culprits > 0) this.reopen();
+    else this.channel.fail(1006, `the event stream was refused: ${error.code}: ${error.message}`);
+  }
+}
