@@ -8,7 +8,8 @@ NPM    ?= npm
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DEMO   ?= 1
-FRONTEND_SOURCES := $(shell find frontend/src frontend/index.html frontend/vite.config.ts frontend/tsconfig*.json -type f 2>/dev/null)
+CHROMIUM := /usr/bin/chromium
+FRONTEND_SOURCES := $(shell find frontend/src frontend/public frontend/index.html frontend/vite.config.ts frontend/tsconfig*.json -type f 2>/dev/null)
 
 .PHONY: run test test-python test-frontend check setup clean help
 
@@ -48,8 +49,18 @@ test-python: $(VENV)/.installed tests/fixtures/node_modules/.installed
 	$(PY) -m pytest
 
 # The frontend's tests run the real service (integration) and its schema (generated types): the venv too.
-test-frontend: frontend/node_modules/.installed $(VENV)/.installed
-	cd frontend && $(NPM) run typecheck && $(NPM) run lint && $(NPM) test
+# The browser tests (e2e) drive Debian's chromium against the service serving the built dashboard.
+test-frontend: frontend/node_modules/.installed $(VENV)/.installed frontend/dist/index.html $(CHROMIUM)
+	cd frontend && $(NPM) run typecheck && $(NPM) run lint && $(NPM) test && HERALD_CHROMIUM=$(CHROMIUM) $(NPM) run test:e2e
+
+# Debian's chromium for the e2e tests (Playwright's browser downloads do not work on these machines).
+$(CHROMIUM):
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "$(CHROMIUM) is missing and installing it needs root: apt-get update && apt-get install -y chromium" >&2; \
+		exit 1; \
+	fi
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 
 clean:
 	rm -rf $(VENV) frontend/node_modules frontend/dist tests/fixtures/node_modules

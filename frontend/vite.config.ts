@@ -1,5 +1,5 @@
 import react from '@vitejs/plugin-react';
-import { defineConfig } from 'vitest/config';
+import { configDefaults, defineConfig } from 'vitest/config';
 
 // The Python service (`python -m service serve`) listens here in development.
 const backend = 'http://127.0.0.1:8000';
@@ -20,6 +20,8 @@ export default defineConfig({
   },
   test: {
     environment: 'jsdom',
+    // The browser tests have their own run: `npm run test:e2e` (vitest.e2e.config.ts).
+    exclude: [...configDefaults.exclude, 'e2e/**'],
     unstubGlobals: true,
   },
 });

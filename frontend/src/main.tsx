@@ -8,7 +8,13 @@ if (root === null) {
   throw new Error('index.html has no #root element');
 }
 
-createRoot(root).render(
+createRoot(root, {
+  // An error an ErrorBoundary caught is handled (the part shows it and offers a retry): a warning for
+  // whoever debugs, not an error.
+  onCaughtError(error, info) {
+    console.warn('Herald: a part of the page failed to render', error, info.componentStack);
+  },
+}).render(
   <StrictMode>
     <App />
   </StrictMode>,

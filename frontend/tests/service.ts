@@ -44,13 +44,17 @@ export class Service {
   private child: ChildProcess | null = null;
   private output = '';
 
-  private constructor() {
+  private constructor(databaseUrl?: string) {
     this.env = { ...process.env, HERALD_DATA_DIR: this.dataDir, HERALD_SECRET: 'frontend-integration-secret-0123456789' };
+    if (databaseUrl !== undefined) this.env.DATABASE_URL = databaseUrl;
   }
 
-  /** A running service with an admin token for every project. */
-  static async start(): Promise<Service> {
-    const service = new Service();
+  /**
+   * A running service with an admin token for every project: on its own embedded PostgreSQL, or on
+   * `databaseUrl` (e.g. another instance's `embeddedDatabaseUrl()`: two instances, one database).
+   */
+  static async start(options: { databaseUrl?: string } = {}): Promise<Service> {
+    const service = new Service(options.databaseUrl);
     try {
       service.port = await freePort();
       service.token = service.cli('token', '--user', 'u', '--projects', '*', '--scopes', 'admin').trim();
@@ -64,6 +68,14 @@ export class Service {
 
   get baseUrl(): string {
     return `http://127.0.0.1:${this.port}`;
+  }
+
+  /** The unix-socket URL of this instance's embedded PostgreSQL (while it runs), for a second instance. */
+  embeddedDatabaseUrl(): string {
+    // postmaster.pid: pid, data dir, start time, port, socket directory, ...
+    const lines = readFileSync(join(this.dataDir, 'pg', 'postmaster.pid'), 'utf8').split('\n');
+    const [port, socketDir] = [lines[3].trim(), lines[4].trim()];
+    return `postgresql://postgres:@/herald?host=${socketDir}&port=${port}`;
   }
 
   cli(...args: string[]): string {
