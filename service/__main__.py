@@ -67,7 +67,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     await demo
 
     try:
-        asyncio.run(serve())
+        # uvicorn's own loop choice (uvloop when installed): asyncio.run would take the stdlib loop.
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            runner.run(serve())
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after its clean shutdown; nothing left to do
         pass
     return 0 if server.started else 1
