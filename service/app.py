@@ -21,10 +21,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from . import cursors, db
+from . import log as event_log
 from .auth import install_log_redaction
 from .codes import CloseCode
 from .config import Settings
 from .cursors import AckBuffer
+from .frames import WebSocketProtocol
 from .hub import Client, Hub
 from .listener import Listener
 from .messages import MAX_MESSAGE_BYTES
@@ -45,6 +47,7 @@ class Runtime:
     pool: asyncpg.Pool
     embedded: db.EmbeddedPostgres | None = None
     hub: Hub = field(init=False)
+    appender: event_log.Appender = field(init=False)
     acks: AckBuffer = field(init=False)
     listener: Listener = field(init=False)
     metrics: Metrics = field(init=False)
@@ -54,6 +57,7 @@ class Runtime:
         self.metrics = Metrics()
         self.hub = Hub(self.connection, on_send=self.metrics.sent)
         self.metrics.watch(self.hub)
+        self.appender = event_log.Appender(self.connection)
         self.acks = AckBuffer(self.connection)
         self.listener = Listener(self.database_url, self.hub)
 
@@ -124,6 +128,7 @@ async def drain(runtime: Runtime) -> None:
 async def stop_runtime(runtime: Runtime) -> None:
     """Drain, then stop the background work, the pool and the embedded database."""
     await drain(runtime)
+    await runtime.appender.close()
     await runtime.hub.close()
     for task in list(runtime.background):
         task.cancel()
@@ -160,6 +165,7 @@ def server_config(
         app,
         host=host,
         port=port,
+        ws=WebSocketProtocol,  # uvicorn's default (websockets-sansio), plus frames encoded once per event
         ws_max_size=MAX_MESSAGE_BYTES,  # a larger message closes the socket with 1009
         ws_per_message_deflate=False,  # compressing every message once per client costs ~20x at fan-out
         timeout_graceful_shutdown=5,  # open connections must not hold the process at shutdown

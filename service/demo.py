@@ -115,7 +115,7 @@ class Demo:
                     status="failed",
                     progress=progress,
                     step=step,
-                    message=f"{task}: \"{step}\" failed",
+                    message=f'{task}: "{step}" failed',
                 )
                 return
         await report(project.id, run_id=run_id, status="succeeded", progress=100, step="Done", message=task)

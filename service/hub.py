@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -46,6 +47,11 @@ class Transport(Protocol):
 
     async def send(self, frame: str) -> None: ...
 
+    def send_now(self, frames: Sequence[str]) -> bool:
+        """Write all of `frames`, in order, at once, if the connection takes them without waiting;
+        else write none and return False (the caller then uses `send`, which waits for room)."""
+        ...
+
     async def close(self, code: int, reason: str) -> None: ...
 
 
@@ -57,11 +63,12 @@ class EventFrame(str):
     project_id: str
     seq: int
     type: str
+    wire: bytes | None  # a transport's encoding of it (a WebSocket frame), made by the first one to need it
 
     @classmethod
     def of(cls, event: event_log.StoredEvent) -> EventFrame:
         frame = cls(event.encode().decode())
-        frame.project_id, frame.seq, frame.type = event.project_id, event.seq, event.type
+        frame.project_id, frame.seq, frame.type, frame.wire = event.project_id, event.seq, event.type, None
         return frame
 
 
@@ -105,6 +112,12 @@ class Outbox:
             self._room.set()
         return frame
 
+    def flush(self, send_now: Callable[[Sequence[str]], bool]) -> None:
+        """Hand everything queued to `send_now` in one call; drop it from the queue if it was taken."""
+        if self._frames and not self.closed and send_now(list(self._frames)):
+            self._frames.clear()
+            self._room.set()
+
     def close(self) -> None:
         self.closed = True
         self._frames.clear()
@@ -130,19 +143,35 @@ class Client:
     writer: asyncio.Task[None] | None = None
     close_grace_s: float = 5.0
     _force_close: asyncio.TimerHandle | None = None
+    _sending: bool = False  # the writer is in the middle of a send
 
     @property
     def user(self) -> str:
         return self.principal.user
 
     def push(self, frame: str) -> bool:
-        """Queue a frame; on overflow the client is closed with 4429 and False is returned."""
+        """Send or queue one frame; see `push_many`."""
+        return self.push_many((frame,))
+
+    def push_many(self, frames: Sequence[str]) -> bool:
+        """Send `frames` in order, or queue them; on overflow the client is closed with 4429 and False
+        is returned. Never waits.
+
+        When nothing is queued and the writer is idle, the frames are written right here, all at once,
+        if the transport takes them without waiting (the usual case: a WebSocket whose buffer is not
+        full): a fan-out then writes to each client in one tight loop, one write per client per page
+        of events, instead of waking a writer task per client per event. Otherwise they are queued
+        behind what is there, and the writer sends them when the client makes room.
+        """
         if self.close_code is not None:
             return False
-        if self.outbox.put(frame):
+        if not self._sending and not self.outbox and self.transport.send_now(frames):
             return True
-        self.kick(CloseCode.SLOW_CONSUMER, "outbound buffer overflow: reconnect and resume from your cursor")
-        return False
+        for frame in frames:
+            if not self.outbox.put(frame):
+                self.kick(CloseCode.SLOW_CONSUMER, "outbound buffer overflow: reconnect and resume from your cursor")
+                return False
+        return True
 
     def kick(self, code: int, reason: str) -> None:
         """Close the connection with `code` (the first reason wins); queued frames are dropped, and
@@ -164,7 +193,10 @@ class Client:
         """The writer: send queued frames in order until the client is kicked, then close it."""
         try:
             while (frame := await self.outbox.get()) is not None:
-                await self.transport.send(frame)
+                self._sending = True
+                await self.transport.send(frame)  # waits while the client is not reading
+                self.outbox.flush(self.transport.send_now)  # what queued up meanwhile, in one write
+                self._sending = False
         finally:
             if self._force_close is not None:
                 self._force_close.cancel()
@@ -217,11 +249,15 @@ class Hub:
         self.clients: set[Client] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_send = on_send  # metrics hook: (event, subscribers reached)
+        self.heartbeat_s = 0.0  # set by `tick`
 
     # --- the seed's verbs ------------------------------------------------------------------------
 
     def add_client(self, client: Client) -> None:
         self.clients.add(client)
+        # Each client's first ping comes at a random point of its first interval, so clients that
+        # connected together are not all pinged (and do not all answer) in the same instant.
+        client.last_ping -= random.uniform(0, self.heartbeat_s)
 
     async def connect(self, client: Client, project_id: str, *, after: int, head: int) -> Subscription:
         """Subscribe `client` to `project_id` from `after` (exclusive); replaces an earlier subscription.
@@ -265,21 +301,33 @@ class Hub:
         feed = self.feeds.get(project_id)
         if feed is None:
             return 0
-        reached = 0
+        return self._broadcast(feed, [event], [frame])[0]
+
+    def _broadcast(self, feed: Feed, events: list[event_log.StoredEvent], frames: list[str]) -> list[int]:
+        """Fan a contiguous run of events out to the live subscribers: each gets, in one push, the part
+        of the run after its position (a subscriber that read some of them during its catch-up skips
+        those). Returns, per event, how many subscribers it reached."""
+        first, last = events[0].seq, events[-1].seq
+        starts = [0] * len(events)  # starts[i]: subscribers whose part begins with event i
         for sub in list(feed.live):
-            if event.seq <= sub.position:
-                continue  # it read this one during its catch-up
-            if event.seq > sub.position + 1:  # cannot happen by construction; recover rather than gap
-                logger.warning("subscriber behind the feed on %s; catching it up", project_id)
+            start = sub.position + 1 - first
+            if start >= len(events):
+                continue  # it read all of these during its catch-up
+            if start < 0:  # cannot happen by construction; recover rather than gap
+                logger.warning("subscriber behind the feed on %s; catching it up", feed.project_id)
                 feed.live.discard(sub)
                 sub.live = False
                 self._start_catch_up(feed, sub)
                 continue
-            if sub.client.push(frame):
-                sub.position = event.seq
-                reached += 1
+            if sub.client.push_many(frames[start:] if start else frames):
+                sub.position = last
+                starts[start] += 1
             else:
                 self.disconnect(sub.client)
+        reached, running = [], 0
+        for count in starts:
+            running += count
+            reached.append(running)
         return reached
 
     # --- wake-ups and the pump -------------------------------------------------------------------
@@ -314,11 +362,12 @@ class Hub:
                 feed.dirty = False
                 async with self._connection() as conn:
                     events = await event_log.read_after(conn, feed.project_id, feed.delivered, self.page_size)
-                for event in events:
-                    reached = self.broadcast_to_project(feed.project_id, event, EventFrame.of(event))
-                    feed.delivered = event.seq
+                if events and self.feeds.get(feed.project_id) is feed:
+                    reached = self._broadcast(feed, events, [EventFrame.of(e) for e in events])
+                    feed.delivered = events[-1].seq
                     if self._on_send is not None:
-                        self._on_send(event, reached)
+                        for event, count in zip(events, reached, strict=True):
+                            self._on_send(event, count)
                 if len(events) < self.page_size and not feed.dirty:
                     break
         except DatabaseUnavailable as exc:
@@ -333,10 +382,11 @@ class Hub:
 
     async def _catch_up(self, feed: Feed, sub: Subscription) -> None:
         client = sub.client
-        # After waiting for room the outbox is at most half full: a page never overflows it.
-        page = max(1, min(self.page_size, client.outbox.limit // 2))
+        outbox = client.outbox
+        # A page fits in the room left once the outbox is at most half full.
+        page = max(1, min(self.page_size, outbox.limit // 2))
         while client.subscriptions.get(sub.project_id) is sub:
-            await client.outbox.room()
+            await outbox.room()
             try:
                 async with self._connection() as conn:
                     events = await event_log.read_after(conn, sub.project_id, sub.position, page)
@@ -345,15 +395,15 @@ class Hub:
                 continue
             if client.subscriptions.get(sub.project_id) is not sub:
                 return
-            for event in events:
-                if len(client.outbox) > client.outbox.limit // 2:
-                    await client.outbox.room()  # several catch-ups on one connection share the room
+            if events:
+                while len(outbox) + len(events) > outbox.limit:  # other subscriptions share the outbox
+                    await outbox.room()
                     if client.subscriptions.get(sub.project_id) is not sub:
                         return
-                if not client.push(EventFrame.of(event)):
+                if not client.push_many([EventFrame.of(e) for e in events]):
                     self.disconnect(client)
                     return
-                sub.position = event.seq
+                sub.position = events[-1].seq
             if len(events) < page and sub.position >= feed.delivered:
                 # No await between the check above and this switch: the pump cannot run in between.
                 sub.live = True
@@ -366,6 +416,7 @@ class Hub:
     async def tick(self, heartbeat_s: float) -> None:
         """Forever: ping each WebSocket client every `heartbeat_s`, close those silent for two
         intervals (4408), and close those whose token has expired (4401). One task for all clients."""
+        self.heartbeat_s = heartbeat_s
         period = min(1.0, heartbeat_s / 4)
         while True:
             await asyncio.sleep(period)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
 
 from service import db
 from service import log as event_log
+from service.db import DatabaseUnavailable
 
 from .conftest import timeout
 
@@ -200,3 +204,202 @@ async def test_read_page_orders_filters_and_pages(conn: asyncpg.Connection) -> N
     assert [e.seq for e in events] == [2, 4, 6] and nxt == 6
     events, nxt = await event_log.read_page(conn, "a", type="validation_update", after=6, limit=3)
     assert [e.seq for e in events] == [8, 10] and nxt is None
+
+
+# --- group commit: append_many and the Appender ------------------------------------------------------------
+
+
+def batch(project_id: str, n: int, prefix: str = "m") -> list[event_log.Append]:
+    return [
+        event_log.Append(project_id, "agent_run_progress", {**RUN, "progress": i}, f"{prefix}{i}") for i in range(n)
+    ]
+
+
+async def test_group_commit_keeps_seqs_contiguous_under_concurrency(pool: asyncpg.Pool) -> None:
+    """Two appenders (two processes' worth) and plain appends race over 3 projects: every project's
+    seqs are exactly 1..N, each append got the seq the log holds for its messageId, and appends were
+    grouped (far fewer transactions than appends)."""
+    async with pool.acquire() as c:
+        await make_projects(c, "a", "b", "c")
+    appenders = [event_log.Appender(pool.acquire), event_log.Appender(pool.acquire)]
+
+    async def via_appender(i: int) -> tuple[str, str, int]:
+        project, message_id = "abc"[i % 3], f"g{i}"
+        event, created = await appenders[i % 2].append(
+            project_id=project, type="agent_run_progress", data=RUN, message_id=message_id
+        )
+        assert created
+        return project, message_id, event.seq
+
+    async def one_by_one(i: int) -> tuple[str, str, int]:
+        project, message_id = "abc"[i % 3], f"s{i}"
+        async with pool.acquire() as c:
+            event, _ = await event_log.append(
+                c, project_id=project, type="agent_run_progress", data=RUN, message_id=message_id
+            )
+        return project, message_id, event.seq
+
+    results = await asyncio.gather(*(via_appender(i) for i in range(900)), *(one_by_one(i) for i in range(60)))
+    async with pool.acquire() as c:
+        for project in "abc":
+            rows = await c.fetch("SELECT seq, message_id FROM events WHERE project_id = $1 ORDER BY seq", project)
+            assert [r["seq"] for r in rows] == list(range(1, 321))
+            assert await event_log.head(c, project) == 320
+            log = {r["message_id"]: r["seq"] for r in rows}
+            assert {m: s for p, m, s in results if p == project} == log
+    assert sum(a.appended for a in appenders) == 900
+    assert sum(a.batches for a in appenders) < 300, "concurrent appends should share transactions"
+
+
+async def test_append_many_is_append_one_by_one(conn: asyncpg.Connection) -> None:
+    """A batch leaves the log and the project state exactly as the same appends made one by one would,
+    subjects repeated inside the batch included (the last one wins)."""
+    await make_projects(conn, "a", "b")
+    appends = [
+        event_log.Append("x", "agent_run_progress", {"runId": f"r{i % 3}", "status": "running", "progress": i}, f"m{i}")
+        for i in range(9)
+    ] + [event_log.Append("x", "validation_update", {"name": "ci", "status": "queued"}, "v1")]
+    outcomes = await event_log.append_many(conn, [event_log.Append("a", a.type, a.data, a.message_id) for a in appends])
+    for a in appends:
+        await event_log.append(conn, project_id="b", type=a.type, data=a.data, message_id=a.message_id)
+    assert [o[0].seq for o in outcomes if not isinstance(o, Exception)] == list(range(1, 11))
+    assert all(not isinstance(o, Exception) and o[1] for o in outcomes)
+
+    async def snapshot(project: str) -> tuple[list[Any], list[Any]]:
+        events = await conn.fetch(
+            "SELECT seq, message_id, type, data FROM events WHERE project_id = $1 ORDER BY seq", project
+        )
+        state = await conn.fetch(
+            "SELECT type, subject, seq FROM project_state WHERE project_id = $1 ORDER BY type, subject", project
+        )
+        return [tuple(r) for r in events], [tuple(r) for r in state]
+
+    assert await snapshot("a") == await snapshot("b")
+    assert [o[0].data for o in outcomes if not isinstance(o, Exception)] == [
+        e.data for e in await event_log.read_after(conn, "a", 0, 100)
+    ]
+
+
+async def test_append_many_dedupes_against_the_log_and_within_the_batch(conn: asyncpg.Connection) -> None:
+    """A messageId already in the log, or earlier in the batch, appends nothing and yields the original."""
+    await make_projects(conn, "a")
+    first, _ = await event_log.append(conn, project_id="a", type="agent_run_progress", data=RUN, message_id="old")
+    outcomes = await event_log.append_many(
+        conn,
+        [
+            event_log.Append("a", "agent_run_progress", RUN, "new"),
+            event_log.Append("a", "agent_run_progress", {**RUN, "progress": 99}, "old"),
+            event_log.Append("a", "agent_run_progress", {**RUN, "progress": 98}, "new"),
+            event_log.Append("a", "agent_run_progress", RUN, "newer"),
+        ],
+    )
+    pairs = [(o[0].message_id, o[0].seq, o[1]) for o in outcomes if not isinstance(o, Exception)]
+    assert pairs == [("new", 2, True), ("old", 1, False), ("new", 2, False), ("newer", 3, True)]
+    assert outcomes[1] == (first, False)
+    assert await seqs(conn, "a") == [1, 2, 3]
+
+
+async def test_append_many_rolled_back_leaves_no_gap(conn: asyncpg.Connection) -> None:
+    """A batch whose transaction rolls back takes nothing with it: heads, events and state are as
+    before, and the next append takes the next seq."""
+    await make_projects(conn, "a", "b")
+    await event_log.append(conn, project_id="a", type="agent_run_progress", data=RUN)
+    with pytest.raises(RuntimeError):
+        async with conn.transaction():
+            await event_log.append_many(conn, batch("a", 5) + batch("b", 3))
+            raise RuntimeError("abort")
+    assert (await event_log.head(conn, "a"), await event_log.head(conn, "b")) == (1, 0)
+    assert await conn.fetchval("SELECT count(*) FROM project_state WHERE project_id = 'b'") == 0
+    outcomes = await event_log.append_many(conn, batch("a", 2) + batch("b", 1))
+    assert [o[0].seq for o in outcomes if not isinstance(o, Exception)] == [2, 3, 1]
+    assert await seqs(conn, "a") == [1, 2, 3]
+
+
+async def test_append_many_fails_only_the_appends_to_a_missing_project(conn: asyncpg.Connection) -> None:
+    """An append to a project that does not exist gets ProjectNotFound; the rest of the batch commits."""
+    await make_projects(conn, "a")
+    outcomes = await event_log.append_many(conn, batch("a", 1) + batch("nope", 1) + batch("a", 1, prefix="n"))
+    assert isinstance(outcomes[1], event_log.ProjectNotFound)
+    assert [o[0].seq for o in outcomes if not isinstance(o, Exception)] == [1, 2]
+    assert await conn.fetchval("SELECT count(*) FROM events WHERE project_id = 'nope'") == 0
+
+
+async def test_append_many_notifies_once_per_project_on_commit(database_url: str) -> None:
+    """One NOTIFY per project of the batch, carrying its new head, sent with the commit only."""
+    dsn = db.asyncpg_dsn(database_url)
+    listener, writer = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    received: asyncio.Queue[str] = asyncio.Queue()
+    try:
+        await listener.add_listener(event_log.NOTIFY_CHANNEL, lambda *args: received.put_nowait(args[3]))
+        await make_projects(writer, "a", "b")
+        with pytest.raises(RuntimeError):
+            async with writer.transaction():
+                await event_log.append_many(writer, batch("a", 3))
+                raise RuntimeError("abort")
+        await event_log.append_many(writer, batch("a", 3) + batch("b", 2))
+        got = {await asyncio.wait_for(received.get(), timeout(5)) for _ in range(2)}
+        assert got == {"a:3", "b:2"}
+        await asyncio.sleep(0.1)
+        assert received.empty()
+    finally:
+        await listener.close()
+        await writer.close()
+
+
+async def test_appender_fails_a_batch_as_a_whole_and_recovers(pool: asyncpg.Pool) -> None:
+    """When the database is unreachable, every append of the batch gets the error and nothing is
+    written; the next appends go through."""
+    async with pool.acquire() as c:
+        await make_projects(c, "a")
+    broken = True
+
+    @contextlib.asynccontextmanager
+    async def connection() -> AsyncIterator[asyncpg.Connection]:
+        if broken:
+            raise DatabaseUnavailable("down")
+        async with pool.acquire() as c:
+            yield c
+
+    appender = event_log.Appender(connection)
+    outcomes = await asyncio.gather(
+        *(appender.append(project_id="a", type="agent_run_progress", data=RUN) for _ in range(5)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(o, DatabaseUnavailable) for o in outcomes)
+    broken = False
+    events = await asyncio.gather(
+        *(appender.append(project_id="a", type="agent_run_progress", data=RUN) for _ in range(5))
+    )
+    assert sorted(e.seq for e, _ in events) == [1, 2, 3, 4, 5]
+
+
+async def test_appender_fails_only_the_append_the_database_refuses(
+    pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An append PostgreSQL refuses (here U+0000, which jsonb cannot hold; validation keeps it out of
+    real publishes) fails alone: the others of its batch are written, contiguous, in order."""
+    async with pool.acquire() as c:
+        await make_projects(c, "a")
+    appender = event_log.Appender(pool.acquire)
+    bad = {"runId": "r\x00", "status": "running"}
+    outcomes = await asyncio.gather(
+        *(
+            appender.append(project_id="a", type="agent_run_progress", data=bad if i == 2 else RUN, message_id=f"m{i}")
+            for i in range(5)
+        ),
+        return_exceptions=True,
+    )
+    assert "a batch of 5 was refused" in caplog.text  # they went as one batch first
+    assert isinstance(outcomes[2], asyncpg.PostgresError), outcomes[2]
+    written = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert [(e.message_id, e.seq, new) for e, new in written] == [
+        ("m0", 1, True),
+        ("m1", 2, True),
+        ("m3", 3, True),
+        ("m4", 4, True),
+    ]
+    async with pool.acquire() as c:
+        assert await c.fetchval("SELECT head FROM projects WHERE id = 'a'") == 4
+        assert [r["message_id"] for r in await c.fetch("SELECT message_id FROM events ORDER BY seq")] == [
+            "m0", "m1", "m3", "m4"
+        ]  # fmt: skip

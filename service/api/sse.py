@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -58,6 +58,9 @@ class SSETransport:
             self.positions[frame.project_id] = frame.seq
             await self._handoff.put(ServerSentEvent(frame, event=frame.type, id=self.last_event_id(frame)))
         # The hub sends a stream nothing but events (no pings, no replies): other frames have no reader.
+
+    def send_now(self, frames: Sequence[str]) -> bool:
+        return False  # the response's generator takes one event at a time, from the writer
 
     def last_event_id(self, frame: EventFrame) -> str:
         if not self.vector:

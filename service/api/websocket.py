@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
@@ -23,12 +23,13 @@ from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect
 
+from .. import frames
 from .. import log as event_log
 from ..app import Runtime
 from ..auth import InvalidToken, Principal, verify
 from ..codes import CloseCode, ErrorCode
 from ..db import DatabaseUnavailable
-from ..hub import Client, Outbox
+from ..hub import Client, EventFrame, Outbox
 from ..messages import (
     EVENT_TYPES,
     AckMessage,
@@ -52,16 +53,35 @@ MAX_CLIENT_ID = 128
 
 
 class WebSocketTransport:
-    """The hub's Transport over a Starlette WebSocket."""
+    """The hub's Transport over a Starlette WebSocket; `send_now` writes encoded frames straight to the
+    connection through uvicorn's `herald.frames` extension (service/frames.py) when it is there."""
 
     def __init__(self, websocket: WebSocket) -> None:
         self.websocket = websocket
+        extension = (websocket.scope.get("extensions") or {}).get(frames.EXTENSION)
+        self._write: Callable[[bytes], bool] | None = extension["write"] if extension else None
 
     async def send(self, frame: str) -> None:
         await self.websocket.send_text(frame)
 
+    def send_now(self, messages: Sequence[str]) -> bool:
+        if self._write is None:
+            return False
+        if len(messages) == 1:
+            return self._write(wire(messages[0]))
+        return self._write(b"".join(wire(m) for m in messages))
+
     async def close(self, code: int, reason: str) -> None:
         await self.websocket.close(code=code, reason=reason[:120])
+
+
+def wire(message: str) -> bytes:
+    """The WebSocket frame of a message; an event's is encoded once and shared by every connection."""
+    if isinstance(message, EventFrame):
+        if message.wire is None:
+            message.wire = frames.text_frame(message.encode())
+        return message.wire
+    return frames.text_frame(message.encode())
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
@@ -120,13 +140,51 @@ def ref_of(message: dict[str, Any]) -> str | None:
     return None
 
 
+MAX_PIPELINED = 64  # publishes of one connection waiting for their commit before reading waits too
+
+
 class Session:
-    """The per-connection protocol after authentication: one frame in, replies and effects out."""
+    """The per-connection protocol after authentication: one frame in, replies and effects out.
+
+    Replies go out in the order of the messages they answer. Consecutive publishes are pipelined: each
+    is queued for the group commit (service/log.py) and the next message is read at once, up to
+    MAX_PIPELINED waiting; their `published` answers go out in order as the commits land. Any other
+    message, or a reply that does not need the database, first waits for the publishes before it, so
+    a client sees exactly what it would if every message were handled to the end before the next.
+    """
 
     def __init__(self, rt: Runtime, client: Client) -> None:
         self.rt = rt
         self.client = client
         self.rate = RateLimit(rt.settings.ws_rate, rt.settings.ws_burst)
+        # Pipelined publishes, oldest first (a list, not a deque: at most MAX_PIPELINED, and an idle
+        # connection should cost little).
+        self._publishing: list[tuple[asyncio.Future[tuple[event_log.StoredEvent, bool]], str, str | None]] = []
+
+    async def settle(self) -> None:
+        """Wait until every pipelined publish has been answered."""
+        while self._publishing:
+            # Their futures resolve in order, and each answers every one before it (its first callback).
+            await asyncio.wait({self._publishing[-1][0]})
+
+    def _answer_publishes(self, _: object = None) -> None:
+        """Answer the publishes whose commit has landed, in the order they came, up to the first that
+        is still waiting."""
+        while self._publishing and self._publishing[0][0].done():
+            future, pid, ref = self._publishing.pop(0)
+            if future.cancelled():
+                continue
+            failure = future.exception()
+            if failure is None:
+                event, _ = future.result()
+                self.reply(frame(type="published", projectId=pid, messageId=event.message_id, seq=event.seq))
+            elif isinstance(failure, event_log.ProjectNotFound):
+                self.error(ErrorCode.NOT_FOUND, f"no project {pid!r}", ref)
+            elif isinstance(failure, DatabaseUnavailable):
+                self.error(ErrorCode.UNAVAILABLE, "the database is unreachable; nothing was written, retry", ref)
+            else:  # a bug: say so, and let the client resume elsewhere rather than wait for an answer
+                logger.error("connection %s failed publishing", self.client.connection_id, exc_info=failure)
+                self.client.kick(CloseCode.GOING_AWAY, "internal error; reconnect and resume")
 
     def reply(self, text: str) -> None:
         self.client.push(text)
@@ -135,36 +193,54 @@ class Session:
         self.reply(error_frame(code, message, ref))
 
     async def handle(self, text: str | None) -> None:
-        """Handle one inbound message (None: a binary frame)."""
+        """Handle one inbound message (None: a binary frame). A publish is pipelined (answered when
+        its commit lands); every other answer first waits for those of the publishes before it."""
         self.client.seen()
         if not self.rate.allow():
+            await self.settle()
             if self.rate.exhausted:
                 self.client.kick(CloseCode.POLICY_VIOLATION, "inbound rate limit exceeded")
             else:
                 self.error(ErrorCode.RATE_LIMITED, "too many messages; slow down (this one was dropped)")
             return
-        if text is None:
-            self.error(ErrorCode.INVALID_FRAME, "binary frames are not supported; send JSON text")
+        message, problem = self.decode(text)
+        if message is not None and message["type"] in EVENT_TYPES:
+            await self.publish(message)
             return
-        try:
-            message = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            self.error(ErrorCode.INVALID_FRAME, f"not valid JSON: {exc}")
+        await self.settle()
+        if message is None:
+            self.error(ErrorCode.INVALID_FRAME, problem, None if text is None else self.ref_in(text))
             return
-        if not isinstance(message, dict):
-            self.error(ErrorCode.INVALID_FRAME, "a message must be a JSON object with a type")
-            return
-        kind = message.get("type")
-        if not isinstance(kind, str):
-            self.error(ErrorCode.INVALID_FRAME, "type: a message needs a string type", ref_of(message))
-            return
+        kind = message["type"]
         handler = self.handlers.get(kind)
         if handler is not None:
             await handler(self, message)
-        elif kind in EVENT_TYPES:
-            await self.publish(message)
         else:
             self.error(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}", ref_of(message))
+
+    @staticmethod
+    def decode(text: str | None) -> tuple[dict[str, Any] | None, str]:
+        """The message if it is a JSON object with a string type, else None and what is wrong."""
+        if text is None:
+            return None, "binary frames are not supported; send JSON text"
+        try:
+            message = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            return None, f"not valid JSON: {exc}"
+        if not isinstance(message, dict):
+            return None, "a message must be a JSON object with a type"
+        if not isinstance(message.get("type"), str):
+            return None, "type: a message needs a string type"
+        return message, ""
+
+    @staticmethod
+    def ref_in(text: str) -> str | None:
+        """The `ref` of a refused frame: that of a JSON object without a string type, else null."""
+        try:
+            message = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return None
+        return ref_of(message) if isinstance(message, dict) else None
 
     def parse(self, model: type[M], message: dict[str, Any]) -> M | None:
         try:
@@ -254,24 +330,20 @@ class Session:
             parsed = check(PublishMessage, message)
             data = event_data(parsed.type, parsed.data)
         except InvalidData as exc:
+            await self.settle()
             self.error(ErrorCode.INVALID_DATA, exc.message, ref)
             return
         pid = parsed.project_id
         if not self.client.principal.may("publish", pid):
+            await self.settle()
             self.error(ErrorCode.FORBIDDEN, f"this token may not publish to {pid!r}", ref)
             return
-        try:
-            async with self.rt.connection() as conn:
-                event, _ = await event_log.append(
-                    conn, project_id=pid, type=parsed.type, data=data, message_id=parsed.message_id
-                )
-        except event_log.ProjectNotFound:
-            self.error(ErrorCode.NOT_FOUND, f"no project {pid!r}", ref)
-            return
-        except DatabaseUnavailable:
-            self.error(ErrorCode.UNAVAILABLE, "the database is unreachable; nothing was written, retry", ref)
-            return
-        self.reply(frame(type="published", projectId=pid, messageId=event.message_id, seq=event.seq))
+        if len(self._publishing) >= MAX_PIPELINED:
+            await asyncio.wait({self._publishing[0][0]})
+        # Group commit: publishes arriving together share one transaction; answered in order.
+        future = self.rt.appender.submit(project_id=pid, type=parsed.type, data=data, message_id=parsed.message_id)
+        self._publishing.append((future, pid, ref))
+        future.add_done_callback(self._answer_publishes)
 
     async def ping(self, message: dict[str, Any]) -> None:
         parsed = self.parse(PingMessage, message)
