@@ -11,8 +11,6 @@ within one subscription it must be contiguous from the position the server annou
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import random
 import signal
 import time
@@ -24,8 +22,6 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from service import auth, db
 from tests.api.test_websocket import create, open_client, publish, seqs_of
@@ -38,133 +34,18 @@ from tests.conftest import (
     stop_server,
     timeout,
 )
+from tests.consumer import Consumer
 
 RUN = {"runId": "r", "status": "running", "progress": 1}
-DROPS = (ConnectionClosed, OSError, TimeoutError)
 
 
 def token() -> str:
     return auth.issue(SECRET, user="alice", projects="*", scopes=("admin",))
 
 
-@dataclass
-class Segment:
-    """What one subscription delivered: the position the server announced, then the seqs, in order."""
-
-    after: int
-    seqs: list[int] = field(default_factory=list)
-
-
-@dataclass
-class Consumer:
-    """A client that survives anything: after a drop it reconnects (to a random one of `urls`) and
-    resubscribes, from its own last seq (`resume="after"`), from its durable cursor (`"cursor"`, no
-    `after`), or either at random. With `churn`, it also drops connections, abruptly or cleanly, and
-    unsubscribes and resubscribes projects, at random moments about `churn` seconds apart."""
-
-    client_id: str
-    urls: list[str]
-    projects: list[str]
-    resume: str = "cursor"
-    churn: float | None = None
-    ack_every: int = 7
-    rng: random.Random = field(default_factory=random.Random)
-    received: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
-    segments: dict[str, list[Segment]] = field(default_factory=dict)
-    last: dict[str, int] = field(default_factory=dict)  # highest seq held contiguously from 1
-    first_ack: dict[str, float] = field(default_factory=dict)
-    connections: int = 0
-    errors: list[dict[str, Any]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        for p in self.projects:
-            self.received[p], self.segments[p], self.last[p] = [], [], 0
-
-    def holds(self, heads: dict[str, int]) -> bool:
-        return all(self.last[p] >= heads[p] for p in self.projects)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            url = self.rng.choice(self.urls)
-            with contextlib.suppress(*DROPS):
-                async with connect(f"{url}?clientId={self.client_id}", open_timeout=timeout(5)) as ws:
-                    self.connections += 1
-                    await ws.send(json.dumps({"type": "auth", "token": token()}))
-                    for p in self.projects:
-                        await self._subscribe(ws, p)
-                    await self._session(ws, stop)
-            await asyncio.sleep(self.rng.uniform(0.01, 0.1))
-
-    async def _subscribe(self, ws: ClientConnection, project_id: str) -> None:
-        message: dict[str, Any] = {"type": "subscribe", "projectId": project_id}
-        by_cursor = self.resume == "cursor" or (self.resume == "random" and self.rng.random() < 0.5)
-        # A client without a cursor starts at the head (§4), so resuming by cursor is only sound once
-        # an ack has surely been persisted (the service flushes acks every 0.5 s and at disconnect).
-        acked = self.first_ack.get(project_id)
-        if not by_cursor or acked is None or time.monotonic() - acked < timeout(1.5):
-            message["after"] = self.last[project_id]
-        await ws.send(json.dumps(message))
-
-    async def _session(self, ws: ClientConnection, stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        next_churn = loop.time() + self.rng.expovariate(1 / self.churn) if self.churn else float("inf")
-        subscribed: set[str] = set()
-        unacked = 0
-        while not stop.is_set():
-            if loop.time() >= next_churn:
-                next_churn = loop.time() + self.rng.expovariate(1 / self.churn) if self.churn else float("inf")
-                roll = self.rng.random()
-                if roll < 0.3:
-                    ws.transport.abort()  # the network vanished: no close frame, no flushed acks
-                    return
-                if roll < 0.6:
-                    await ws.close()
-                    return
-                if subscribed:  # unsubscribe one project, then take it up again where this client is
-                    p = self.rng.choice(sorted(subscribed))
-                    subscribed.discard(p)
-                    await ws.send(json.dumps({"type": "unsubscribe", "projectId": p}))
-                    await self._subscribe(ws, p)
-            try:
-                raw = await asyncio.wait_for(ws.recv(), 0.05)
-            except TimeoutError:
-                continue
-            message = json.loads(raw)
-            kind, p = message["type"], message.get("projectId")
-            if kind == "ping":
-                await ws.send(json.dumps({"type": "pong", "ts": message["ts"]}))
-            elif kind == "subscribed":
-                subscribed.add(p)
-                self.segments[p].append(Segment(message["after"]))
-            elif kind == "unsubscribed":
-                subscribed.discard(p)
-            elif kind == "error":
-                self.errors.append(message)
-            elif "seq" in message and p in subscribed:
-                seq = message["seq"]
-                self.received[p].append((seq, message["messageId"]))
-                self.segments[p][-1].seqs.append(seq)
-                if seq == self.last[p] + 1:
-                    self.last[p] = seq
-                unacked += 1
-                if unacked >= self.ack_every:
-                    unacked = 0
-                    for q in subscribed:
-                        if self.last[q]:
-                            self.first_ack.setdefault(q, time.monotonic())
-                            await ws.send(json.dumps({"type": "ack", "projectId": q, "seq": self.last[q]}))
-
-    def check(self, log: dict[str, dict[int, str]]) -> None:
-        """Every project's stream, after dedupe, is the whole log in order; each subscription was
-        contiguous from its announced position; every event is the log's own; no error frame."""
-        assert self.errors == [], self.errors
-        for p in self.projects:
-            deduped = list(dict.fromkeys(seq for seq, _ in self.received[p]))
-            assert deduped == list(range(1, len(log[p]) + 1)), f"{self.client_id}/{p}: gap, loss or disorder"
-            for segment in self.segments[p]:
-                expected = list(range(segment.after + 1, segment.after + 1 + len(segment.seqs)))
-                assert segment.seqs == expected, f"{self.client_id}/{p}: a subscription skipped or repeated"
-            assert all(log[p][seq] == message_id for seq, message_id in self.received[p]), "an invented event"
+def careful_client(client_id: str, urls: list[str], projects: list[str], **options: Any) -> Consumer:
+    """A careful client (tests/consumer.py) with an admin token, its timeouts scaled for this machine."""
+    return Consumer(client_id, urls, projects, token, open_timeout=timeout(5), ack_persisted_s=timeout(1.5), **options)
 
 
 async def read_log(http: httpx.AsyncClient, project_id: str) -> dict[int, str]:
@@ -326,7 +207,7 @@ async def test_kill_9_of_a_clients_instance(instances: list[ServiceProcess]) -> 
     total, kill_after = 300, 150
     async with http_client(b.base_url) as http:
         await create(http, "p")
-        consumer = Consumer("survivor", [a.ws_url], ["p"], resume="cursor")
+        consumer = careful_client("survivor", [a.ws_url], ["p"], resume="cursor")
         stop = asyncio.Event()
         reader = asyncio.create_task(consumer.run(stop))
         await wait_until(lambda: consumer.segments["p"], 10, "the first subscription")
@@ -452,7 +333,7 @@ async def test_seam_stress_many_clients_churning(instances: list[ServiceProcess]
     async with http_client(instances[0].base_url) as via_a, http_client(instances[1].base_url) as via_b:
         await create(via_a, *projects)
         consumers = [
-            Consumer(
+            careful_client(
                 f"c{i}",
                 urls,
                 rng.sample(projects, 2),
