@@ -11,12 +11,14 @@ DEMO   ?= 1
 CHROMIUM := /usr/bin/chromium
 FRONTEND_SOURCES := $(shell find frontend/src frontend/public frontend/index.html frontend/vite.config.ts frontend/tsconfig*.json -type f 2>/dev/null)
 
-.PHONY: run test test-python test-frontend check setup clean help
+.PHONY: run test test-python test-frontend check setup clean help bench
 
 help:
 	@echo "make run    set up everything and start Herald with its dashboard on an embedded PostgreSQL"
 	@echo "            (with a live demo stream; DEMO=0 to start empty)"
 	@echo "make test   set up everything and run every test and check"
+	@echo "make bench  every benchmark beside the peers, then docs/benchmarks.md (about 45 min;"
+	@echo "            BENCH_MINUTES=10 sets the soak and the sustained-RSS run, BENCH_DATABASE_URL an external server)"
 
 run: setup frontend/dist/index.html
 	$(PY) -m service serve --host $(HOST) --port $(PORT) --print-url $(if $(filter 0,$(DEMO)),,--demo --no-access-log)
@@ -28,7 +30,7 @@ setup: $(VENV)/.installed frontend/node_modules/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@touch $@
 
 frontend/node_modules/.installed: frontend/package.json frontend/package-lock.json
@@ -40,11 +42,16 @@ tests/fixtures/node_modules/.installed: tests/fixtures/package.json tests/fixtur
 	cd tests/fixtures && $(NPM) ci --no-audit --no-fund
 	@touch $@
 
+# The bench's light load client (Node `ws`); its smoke runs inside `make test`.
+bench/client/node_modules/.installed: bench/client/package.json bench/client/package-lock.json
+	cd bench/client && $(NPM) ci --no-audit --no-fund
+	@touch $@
+
 frontend/dist/index.html: frontend/node_modules/.installed $(FRONTEND_SOURCES)
 	cd frontend && $(NPM) run build
 
-test-python: $(VENV)/.installed tests/fixtures/node_modules/.installed
-	$(PY) -m ruff check service tests migrations
+test-python: $(VENV)/.installed tests/fixtures/node_modules/.installed bench/client/node_modules/.installed
+	$(PY) -m ruff check service tests migrations bench
 	$(PY) -m mypy
 	$(PY) -m pytest
 
@@ -62,5 +69,18 @@ $(CHROMIUM):
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 
+# Outside `make test`: minutes of full load. Results in bench/results/, rendered into docs/benchmarks.md.
+BENCH_MINUTES ?= 10
+bench: setup bench/client/node_modules/.installed
+	$(PY) bench/fanout.py latency --client-processes 2
+	$(PY) bench/fanout.py burst
+	$(PY) bench/publish.py
+	$(PY) bench/catchup.py
+	$(PY) bench/memory.py idle
+	$(PY) bench/ws_implementations.py
+	$(PY) bench/memory.py sustained --minutes $(BENCH_MINUTES)
+	$(PY) bench/soak.py --minutes $(BENCH_MINUTES)
+	$(PY) bench/report.py
+
 clean:
-	rm -rf $(VENV) frontend/node_modules frontend/dist tests/fixtures/node_modules
+	rm -rf $(VENV) frontend/node_modules frontend/dist tests/fixtures/node_modules bench/client/node_modules

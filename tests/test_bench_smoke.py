@@ -1,0 +1,136 @@
+"""Every benchmark of bench/ runs for seconds with tiny numbers and produces sane results, so none can rot.
+
+These check the harness, never the figures: no timing thresholds. Each runs the benchmark's own command
+line (as `make bench` does) against the tests' PostgreSQL server, with its results in a temporary
+directory, and needs Node and bench/client's packages (`make test` installs them).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import timeout
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def bench(script: str, *args: str, pg_url: str, results: Path, seconds: float = 180) -> dict[str, Any]:
+    """Run bench/SCRIPT with ARGS; returns the JSON document it wrote (the last one, by time)."""
+    if not (BENCH / "client" / "node_modules" / "ws").is_dir():
+        pytest.fail("bench/client has no node_modules: run `make setup` or `cd bench/client && npm ci`")
+    database = ["--database-url", pg_url] if pg_url else []
+    out = subprocess.run(
+        [sys.executable, str(BENCH / script), *args, *database, "--results", str(results)],
+        capture_output=True,
+        text=True,
+        timeout=timeout(seconds),
+        cwd=BENCH,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    written = sorted(results.glob("*.json"), key=lambda p: p.stat().st_mtime)
+    assert written, out.stdout
+    document: dict[str, Any] = json.loads(written[-1].read_text())
+    assert document["machine"]["nproc"] and document["date"] and document["command"]
+    return document
+
+
+def test_fanout_latency_against_herald_and_both_peers(pg_url: str, tmp_path: Path) -> None:
+    """The latency run delivers every event to every client of each target, without a gap (with the
+    clients spread over two client processes, as `make bench` runs it)."""
+    doc = bench(
+        "fanout.py", "latency", "--matrix", "20x20", "--duration", "1", "--warmup", "0.5",
+        "--client-processes", "2", pg_url=pg_url, results=tmp_path,
+    )  # fmt: skip
+    assert [r["target"] for r in doc["runs"]] == ["herald", "socketio", "broadcast"]
+    for run in doc["runs"]:
+        assert run["ready"] == 20
+        assert run["published"] > 0 and run["delivered"] == run["expected"] == 20 * run["published"], run
+        assert run["gaps"] == 0 and run["latencyMs"]["p99"] is not None and run["clientProcesses"] == 2
+        assert run["server"]["cpu_share"] is not None and run["load"]["end"]
+
+
+def test_fanout_burst_measures_deliveries_per_second(pg_url: str, tmp_path: Path) -> None:
+    """The saturation run reports a delivery rate for each target, every event delivered."""
+    doc = bench("fanout.py", "burst", "--clients", "20", "--events", "20", pg_url=pg_url, results=tmp_path)
+    for run in doc["runs"]:
+        assert run["delivered"] == run["expected"] == 400 and run["deliveriesPerS"] > 0
+
+
+def test_publish_over_http_and_websocket_keeps_seqs_contiguous(pg_url: str, tmp_path: Path) -> None:
+    """Publish throughput counts acknowledged events and proves the log and the acks contiguous."""
+    doc = bench(
+        "publish.py", "--cases", "http:1,ws:3", "--duration", "1", "--connections", "8", "--window", "2",
+        "--concurrency", "4", "--floor-seconds", "0.3", pg_url=pg_url, results=tmp_path,
+    )  # fmt: skip
+    for run in doc["runs"]:
+        assert run["eventsPerS"] > 0 and run["failed"] == 0
+        assert run["log"]["contiguous"] and run["ackedSeqsContiguous"] and run["log"]["heads_match_acks"]
+    assert doc["floor"]["insert_per_s"] > 0 and doc["floor"]["insert_notify_per_s"] > 0
+
+
+def test_catchup_reads_the_whole_backlog_in_order(pg_url: str, tmp_path: Path) -> None:
+    """A client behind the head reads every event once, in order, and the time is reported."""
+    doc = bench("catchup.py", "--events", "3000", "--repeat", "1", pg_url=pg_url, results=tmp_path)
+    (run,) = doc["runs"]
+    assert run["complete"] and run["received"] == 3000 and run["seconds"] > 0
+
+
+def test_memory_idle_and_sustained(pg_url: str, tmp_path: Path) -> None:
+    """RSS per idle connection is reported per target; the sustained run samples RSS and latency."""
+    idle = bench(
+        "memory.py", "idle", "--clients", "20", "--targets", "herald,broadcast", "--settle", "0.5",
+        pg_url=pg_url, results=tmp_path,
+    )  # fmt: skip
+    assert [r["ready"] for r in idle["runs"]] == [20, 20]
+    sustained = bench(
+        "memory.py", "sustained", "--minutes", "0.15", "--clients", "10", "--rate", "20",
+        pg_url=pg_url, results=tmp_path,
+    )  # fmt: skip
+    (run,) = sustained["runs"]
+    assert run["samples"] and run["rss_last_mib"] > 0 and run["delivered"] == run["expected"] > 0
+
+
+def test_soak_with_faults_passes_its_checker(pg_url: str, tmp_path: Path) -> None:
+    """A short soak, with kill -9, connection cuts and client drops, ends with zero loss and zero gaps."""
+    doc = bench(
+        "soak.py", "--minutes", "0.25", "--subscribers", "4", "--publishers", "2", "--projects", "2",
+        "--fault-every", "4", "--churn", "4", pg_url=pg_url, results=tmp_path,
+    )  # fmt: skip
+    (run,) = doc["runs"]
+    assert run["ok"] and run["events"] > 0 and run["clients"]["lost"] == 0, run
+
+
+def test_ws_implementations_compares_all_three(tmp_path: Path) -> None:
+    """Each uvicorn WebSocket implementation serves the peer: memory and deliveries are reported."""
+    doc = bench("ws_implementations.py", "--clients", "10", "--events", "10", pg_url="", results=tmp_path)
+    assert [r["implementation"] for r in doc["runs"]] == ["websockets-sansio", "websockets", "wsproto"]
+    assert all(r["delivered"] == r["expected"] == 100 for r in doc["runs"])
+
+
+def test_report_renders_tables_and_the_plot(pg_url: str, tmp_path: Path) -> None:
+    """report.py turns results into the markdown tables and a PNG between the markers of the doc."""
+    results = tmp_path / "results"
+    bench(
+        "fanout.py", "latency", "--targets", "herald,broadcast", "--matrix", "5x10,10x10", "--duration", "0.5",
+        "--warmup", "0.2", pg_url=pg_url, results=results,
+    )  # fmt: skip
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nprose\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\nmore prose\n")
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "report.py"), "--results", str(results), "--doc", str(doc)],
+        capture_output=True,
+        text=True,
+        timeout=timeout(60),
+        cwd=BENCH,
+    )
+    assert out.returncode == 0, out.stderr
+    text = doc.read_text()
+    assert "prose" in text and "more prose" in text and "old" not in text
+    assert "| herald | 5 |" in text and "| broadcast | 10 |" in text
+    assert (tmp_path / "benchmarks-latency.png").read_bytes()[:4] == b"\x89PNG"
