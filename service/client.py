@@ -20,7 +20,7 @@ import itertools
 import random
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -106,19 +106,37 @@ class Publisher:
         """Append one event; retried until it is durable or the deadline passes."""
         message_id = message_id or self.next_message_id()
         body = {"type": type, "data": data, "messageId": message_id}
+        r = await self._post(f"/api/projects/{project_id}/events", body)
+        event: dict[str, Any] = r.json()
+        return Published(project_id, event["seq"], event["messageId"], r.status_code == 201, event)
+
+    async def publish_many(
+        self, project_id: str, events: Iterable[tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], str]]
+    ) -> list[Published]:
+        """Append up to 1,000 events, `(type, data)` or `(type, data, messageId)`, in one request and one
+        transaction (`POST …/events/batch`): all or none, in this order; retried as a whole, which the
+        messageIds make safe. `Published.event` holds seq, messageId and created."""
+        items = []
+        for event in events:
+            type, data, *given = event
+            items.append({"type": type, "data": data, "messageId": given[0] if given else self.next_message_id()})
+        r = await self._post(f"/api/projects/{project_id}/events/batch", {"events": items})
+        return [Published(project_id, e["seq"], e["messageId"], e["created"], e) for e in r.json()["events"]]
+
+    async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        """POST until a 200 or 201, retrying what may succeed later until the deadline."""
         deadline = time.monotonic() + self.deadline_s
         low, high = self.backoff_s
         for attempt in itertools.count():
             self.attempts += 1
             retry_after: float | None = None
             try:
-                r = await self._http.post(f"/api/projects/{project_id}/events", json=body)
+                r = await self._http.post(path, json=body)
             except httpx.TransportError as exc:  # connect, read, write, protocol: the outcome is unknown
                 failure = PublishError("unavailable", f"{exc.__class__.__name__}: {exc}")
             else:
                 if r.status_code in (200, 201):
-                    event: dict[str, Any] = r.json()
-                    return Published(project_id, event["seq"], event["messageId"], r.status_code == 201, event)
+                    return r
                 failure = _error_of(r)
                 if r.status_code not in RETRY_STATUS:
                     raise failure
@@ -177,6 +195,11 @@ class SyncPublisher:
 
     def publish(self, project_id: str, type: str, data: dict[str, Any], *, message_id: str | None = None) -> Published:
         return self._run(self._publisher.publish(project_id, type, data, message_id=message_id))
+
+    def publish_many(
+        self, project_id: str, events: Iterable[tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], str]]
+    ) -> list[Published]:
+        return self._run(self._publisher.publish_many(project_id, events))
 
     def progress(self, project_id: str, **kw: Any) -> Published:
         return self._run(self._publisher.progress(project_id, **kw))

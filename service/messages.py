@@ -22,6 +22,8 @@ from . import codes
 PROJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 REPO_PATTERN = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
 MAX_MESSAGE_BYTES = 64 * 1024
+MAX_BATCH = 1000  # events in one `POST /api/projects/{id}/events/batch`
+MAX_BATCH_BYTES = 1024 * 1024  # its body; each event in it is still held to MAX_MESSAGE_BYTES
 MAX_SAFE_INTEGER = 2**53 - 1  # what a JavaScript client can hold exactly
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -201,6 +203,27 @@ class PublishRequest(Wire):
     seq: Any = None
 
 
+class PublishBatchRequest(Wire):
+    """The body of `POST /api/projects/{id}/events/batch`: events appended together, in this order,
+    all or none (an extension, docs/protocol.md)."""
+
+    events: Annotated[list[PublishRequest], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+class BatchItem(Wire):
+    """What became of one event of a batch: its seq, and whether this request appended it (false: its
+    messageId was already in the log, or earlier in the batch; `seq` is then the original's)."""
+
+    seq: int
+    message_id: str
+    created: bool
+
+
+class PublishBatchResult(Wire):
+    project_id: str
+    events: list[BatchItem]
+
+
 # --- HTTP bodies -------------------------------------------------------------------------------------
 
 
@@ -373,6 +396,9 @@ SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     PrNotification,
     ValidationUpdate,
     PublishRequest,
+    PublishBatchRequest,
+    PublishBatchResult,
+    BatchItem,
     ProjectCreate,
     Project,
     ProjectList,

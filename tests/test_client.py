@@ -102,3 +102,25 @@ async def test_the_blocking_publisher(server: RunningServer, client: httpx.Async
 
     assert await asyncio.to_thread(runner) == [1, 2]
     assert await messages_in_log(server.base_url, "p") == ["script-1", "script-2"]
+
+
+async def test_publish_many_appends_a_batch_once(server: RunningServer, client: httpx.AsyncClient) -> None:
+    """One request, in order; sent again with the same messageIds it appends nothing (created False)."""
+    publisher = Publisher(server.base_url, server.token())
+    try:
+        await publisher.ensure_project("batch", "Batch")
+        events = [
+            ("agent_run_progress", {"runId": "r", "status": "running", "progress": i}, f"r-{i}") for i in range(5)
+        ]
+        first = await publisher.publish_many("batch", events)
+        again = await publisher.publish_many("batch", events)
+        generated = await publisher.publish_many(
+            "batch", [("agent_run_progress", {"runId": "r", "status": "succeeded", "progress": 100})]
+        )
+    finally:
+        await publisher.aclose()
+    assert [(p.seq, p.message_id, p.created) for p in first] == [(i + 1, f"r-{i}", True) for i in range(5)]
+    assert [(p.seq, p.created) for p in again] == [(i + 1, False) for i in range(5)]
+    assert generated[0].seq == 6 and generated[0].created and generated[0].message_id.startswith(publisher.source)
+    page = (await client.get("/api/projects/batch/events")).json()["events"]
+    assert [e["messageId"] for e in page] == [f"r-{i}" for i in range(5)] + [generated[0].message_id]

@@ -28,6 +28,7 @@ from ..app import Runtime
 from ..auth import InvalidToken, Principal, Scope, verify
 from ..codes import HTTP_STATUS, ErrorCode
 from ..messages import (
+    MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_SAFE_INTEGER,
     AckRequest,
@@ -43,6 +44,8 @@ from ..messages import (
     ProjectCreate,
     ProjectList,
     ProjectState,
+    PublishBatchRequest,
+    PublishBatchResult,
     PublishRequest,
     check,
     event_data,
@@ -163,11 +166,24 @@ def validate(model: type[M], value: Any, *, prefix: str = "") -> M:
         raise ApiError(ErrorCode.INVALID_DATA, exc.message, field=exc.field) from None
 
 
-def validate_event_data(type: str, data: Any) -> dict[str, Any]:
+def validate_event_data(type: str, data: Any, *, prefix: str = "") -> dict[str, Any]:
     try:
         return event_data(type, data)
     except InvalidData as exc:
-        raise ApiError(ErrorCode.INVALID_DATA, exc.message, field=exc.field) from None
+        if not prefix:
+            raise ApiError(ErrorCode.INVALID_DATA, exc.message, field=exc.field) from None
+        raise ApiError(ErrorCode.INVALID_DATA, f"{prefix}.{exc.message}", field=f"{prefix}.{exc.field}") from None
+
+
+def same_project(body: PublishRequest, project_id: str, *, prefix: str = "") -> None:
+    """A publish body may repeat its projectId (a client re-sending an event it holds); it must match."""
+    if body.project_id is not None and body.project_id != project_id:
+        field = f"{prefix}.projectId" if prefix else "projectId"
+        raise ApiError(
+            ErrorCode.INVALID_DATA,
+            f"{field}: {body.project_id!r} does not match the URL's project {project_id!r}",
+            field=field,
+        )
 
 
 # --- routes ------------------------------------------------------------------------------------------
@@ -242,14 +258,8 @@ async def list_projects(principal: Auth, rt: Rt) -> Response:
 async def publish(project_id: str, request: Request, principal: Auth, rt: Rt) -> Response:
     """Append an event (publish). 201 with the new event; 200 with the original for a repeated messageId."""
     require(principal, "publish", project_id)
-    raw = await read_json(request)
-    body = validate(PublishRequest, raw)
-    if body.project_id is not None and body.project_id != project_id:
-        raise ApiError(
-            ErrorCode.INVALID_DATA,
-            f"projectId: {body.project_id!r} does not match the URL's project {project_id!r}",
-            field="projectId",
-        )
+    body = validate(PublishRequest, await read_json(request))
+    same_project(body, project_id)
     data = validate_event_data(body.type, body.data)
     try:  # group commit: concurrent publishes (HTTP and WebSocket alike) share one transaction
         event, created = await rt.appender.append(
@@ -258,6 +268,51 @@ async def publish(project_id: str, request: Request, principal: Auth, rt: Rt) ->
     except event_log.ProjectNotFound:
         raise project_missing(project_id) from None
     return Response(event.encode(), status_code=201 if created else 200, media_type=JSON)
+
+
+@router.post(
+    "/api/projects/{project_id}/events/batch",
+    status_code=201,
+    response_model=PublishBatchResult,
+    responses={
+        **ERRORS,
+        200: {"model": PublishBatchResult, "description": "every messageId was already in the log"},
+    },
+    openapi_extra=_body(PublishBatchRequest),
+    tags=["events"],
+)
+async def publish_batch(project_id: str, request: Request, principal: Auth, rt: Rt) -> Response:
+    """Append up to 1,000 events in one transaction (publish): all or none, contiguous seqs in the order
+    given, each idempotent on its messageId. 201 when any was appended; 200 when none was new. A bad
+    event refuses the whole batch, naming it (`events.3.data.status`)."""
+    require(principal, "publish", project_id)
+    raw = await read_json(request, MAX_BATCH_BYTES)
+    body = validate(PublishBatchRequest, raw)
+    appends = []
+    for i, event in enumerate(body.events):
+        prefix = f"events.{i}"
+        size = len(orjson.dumps(raw["events"][i]))
+        if size > MAX_MESSAGE_BYTES:  # as one publish would be: every event must fit one message
+            raise ApiError(
+                ErrorCode.TOO_LARGE, f"{prefix} is {size} bytes; an event's limit is {MAX_MESSAGE_BYTES}", field=prefix
+            )
+        same_project(event, project_id, prefix=prefix)
+        data = validate_event_data(event.type, event.data, prefix=prefix)
+        appends.append(
+            event_log.Append(project_id, event.type, data, event.message_id)
+            if event.message_id
+            else event_log.Append(project_id, event.type, data)
+        )
+    async with rt.connection() as conn:  # one transaction of its own: the batch is all or none
+        outcomes = await event_log.append_many(conn, appends)
+    results = []
+    for outcome in outcomes:
+        if isinstance(outcome, event_log.ProjectNotFound):
+            raise project_missing(project_id)
+        stored, created = outcome
+        results.append({"seq": stored.seq, "messageId": stored.message_id, "created": created})
+    status = 201 if any(r["created"] for r in results) else 200
+    return json_response({"projectId": project_id, "events": results}, status)
 
 
 @router.get("/api/projects/{project_id}/events", response_model=EventPage, responses=ERRORS, tags=["events"])
@@ -421,7 +476,7 @@ def install(app: FastAPI, *, frontend_dist: Path | None) -> None:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (PublishRequest, ProjectCreate, AckRequest):
+            for model in (PublishRequest, PublishBatchRequest, ProjectCreate, AckRequest):
                 definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(definition.pop("$defs", {}))
                 components[model.__name__] = definition

@@ -26,6 +26,15 @@ export interface AuthMessage {
   type: 'auth';
   token: string;
 }
+/**
+ * What became of one event of a batch: its seq, and whether this request appended it (false: its
+ * messageId was already in the log, or earlier in the batch; `seq` is then the original's).
+ */
+export interface BatchItem {
+  seq: number;
+  messageId: string;
+  created: boolean;
+}
 export type ClientMessage =
   AuthMessage | SubscribeMessage | UnsubscribeMessage | AckMessage | PingMessage | PongMessage | PublishMessage;
 export interface Cursor {
@@ -136,6 +145,21 @@ export interface ProjectState {
    * the latest pr_notification events
    */
   notifications: Event[];
+}
+/**
+ * The body of `POST /api/projects/{id}/events/batch`: events appended together, in this order,
+ * all or none (an extension, docs/protocol.md).
+ */
+export interface PublishBatchRequest {
+  /**
+   * @minItems 1
+   * @maxItems 1000
+   */
+  events: [PublishRequest, ...PublishRequest[]];
+}
+export interface PublishBatchResult {
+  projectId: string;
+  events: BatchItem[];
 }
 /**
  * An event-shaped message: publish `data` as an event of `type` to `projectId`.
