@@ -1,8 +1,10 @@
-"""Publish throughput: durable events/s over HTTP and over WebSocket publish messages, to one project and
-spread over 100 projects, synchronous_commit on, every seq guarantee on.
+"""Publish throughput: durable events/s over HTTP (one event per request, and batches of `--batch` per
+request) and over WebSocket publish messages, to one project and spread over 100 projects,
+synchronous_commit on, every seq guarantee on.
 
-    .venv/bin/python bench/publish.py [--cases http:1,http:100,ws:1,ws:100] [--duration 10]
-        [--concurrency 64] [--connections 32] [--window 4] [--herald-env HERALD_POOL_SIZE=20]
+    .venv/bin/python bench/publish.py [--cases http:1,http:100,batch:1,batch:100,ws:1,ws:100]
+        [--duration 10] [--concurrency 64] [--batch 100] [--connections 32] [--window 4]
+        [--herald-env HERALD_POOL_SIZE=20]
 
 Each case gets a fresh database and a fresh server. Afterwards the log itself is checked: in every
 project the seqs are exactly 1..head (no gap, no duplicate), the head equals the number of publishes
@@ -80,7 +82,8 @@ async def one_case(database_: Database, via: str, projects: int, args: argparse.
                 "publish.js",
                 {
                     "url": server.url, "token": token(("publish",)), "via": via, "projects": projects,
-                    "concurrency": args.concurrency, "connections": args.connections, "window": args.window,
+                    "concurrency": args.concurrency, "batch": args.batch, "connections": args.connections,
+                    "window": args.window,
                     "duration": args.duration,
                 },
                 on_phase=on_phase,
@@ -128,9 +131,10 @@ async def floor(database_: Database, seconds: float, connections: int = 64) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default="http:1,http:100,ws:1,ws:100", help="VIA:PROJECTS,...")
+    parser.add_argument("--cases", default="http:1,http:100,batch:1,batch:100,ws:1,ws:100", help="VIA:PROJECTS,...")
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=64, help="http: requests in flight")
+    parser.add_argument("--batch", type=int, default=100, help="batch: events per request")
     parser.add_argument("--connections", type=int, default=32, help="ws: sockets")
     parser.add_argument("--window", type=int, default=32, help="ws: publishes in flight per socket")
     parser.add_argument("--floor-seconds", type=float, default=5, help="0 skips the database floor")
@@ -147,7 +151,7 @@ def main() -> None:
             runs.append(result)
             lat = result["latencyMs"]
             print(
-                f"{via:4} projects={projects:<4} {result['eventsPerS']:8,.0f} events/s  p50 {lat['p50']} ms "
+                f"{via:5} projects={projects:<4} {result['eventsPerS']:8,.0f} events/s  p50 {lat['p50']} ms "
                 f"p99 {lat['p99']} ms  failed {result['failed']}  log contiguous {result['log']['contiguous']} "
                 f"acks contiguous {result['ackedSeqsContiguous']}  server cpu {result['server']['cpu_share']} "
                 f"load {result['load']['end'][0]}",

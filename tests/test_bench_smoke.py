@@ -65,7 +65,7 @@ def test_fanout_burst_measures_deliveries_per_second(pg_url: str, tmp_path: Path
 def test_publish_over_http_and_websocket_keeps_seqs_contiguous(pg_url: str, tmp_path: Path) -> None:
     """Publish throughput counts acknowledged events and proves the log and the acks contiguous."""
     doc = bench(
-        "publish.py", "--cases", "http:1,ws:3", "--duration", "1", "--connections", "8", "--window", "2",
+        "publish.py", "--cases", "http:1,batch:2,ws:3", "--duration", "1", "--connections", "8", "--window", "2",
         "--concurrency", "4", "--floor-seconds", "0.3", pg_url=pg_url, results=tmp_path,
     )  # fmt: skip
     for run in doc["runs"]:

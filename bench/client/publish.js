@@ -1,9 +1,10 @@
 // Publish throughput: durable events/s into Herald, over HTTP or over WebSocket publish messages.
 //
-//   node publish.js --url http://127.0.0.1:PORT --token T --via http|ws --projects 1|100
-//                   [--concurrency 64] [--connections 32] [--window 4] --duration S --out result.json
+//   node publish.js --url http://127.0.0.1:PORT --token T --via http|batch|ws --projects 1|100
+//                   [--concurrency 64] [--batch 100] [--connections 32] [--window 4] --duration S --out result.json
 //
 // http: `concurrency` requests in flight (keep-alive), each POST waits for its 201.
+// batch: the same, each request `POST /api/projects/P/events/batch` with `batch` events for one project.
 // ws:   `connections` sockets, each with `window` publish messages in flight; an event counts when its
 //       `published` answer arrives (the append committed, synchronous_commit on).
 // Events go round-robin over projects bench-0..bench-(P-1) (or `bench` for one). Every acknowledged
@@ -19,6 +20,7 @@ const args = parseArgs(process.argv.slice(2), {
   via: "http",
   projects: 1,
   concurrency: 64,
+  batch: 100,
   connections: 32,
   window: 4,
   duration: 10,
@@ -74,6 +76,26 @@ async function overHttp() {
   return { lanes: Array.from({ length: args.concurrency }, lane), close: () => producer.close() };
 }
 
+async function overHttpBatches() {
+  const producer = new Producer(args.url, args.token, args.concurrency);
+  async function lane() {
+    while (!stopping) {
+      const first = counter;
+      counter += args.batch;
+      const project = projects[Math.floor(first / args.batch) % projects.length];
+      const events = Array.from({ length: args.batch }, (_, i) => {
+        const { text } = body(first + i, false);
+        return text;
+      });
+      const started = now();
+      const res = await producer.post(`/api/projects/${project}/events/batch`, `{"events":[${events.join(",")}]}`);
+      if (res.status === 201) for (const e of JSON.parse(res.body).events) record(project, e.seq, started);
+      else fail(`http ${res.status}`);
+    }
+  }
+  return { lanes: Array.from({ length: args.concurrency }, lane), close: () => producer.close() };
+}
+
 async function overWebSocket() {
   const wsUrl = args.url.replace(/^http/, "ws") + `/ws?token=${encodeURIComponent(args.token)}`;
   const sockets = await Promise.all(
@@ -118,7 +140,8 @@ async function overWebSocket() {
   return { lanes, close: () => sockets.forEach((ws) => ws.terminate()) };
 }
 
-const { lanes, close } = args.via === "ws" ? await overWebSocket() : await overHttp();
+const transports = { http: overHttp, batch: overHttpBatches, ws: overWebSocket };
+const { lanes, close } = await transports[args.via]();
 await sleep(args.warmup * 1000);
 const ackedAtStart = acked;
 measuring = true;
@@ -140,7 +163,8 @@ for (const list of seqs.values()) {
 const result = {
   via: args.via,
   projects: projects.length,
-  concurrency: args.via === "http" ? args.concurrency : args.connections * args.window,
+  concurrency: args.via === "ws" ? args.connections * args.window : args.concurrency,
+  batch: args.via === "batch" ? args.batch : null,
   connections: args.via === "ws" ? args.connections : null,
   window: args.via === "ws" ? args.window : null,
   durationS: elapsed,
