@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import asyncpg
 import orjson
@@ -392,16 +392,27 @@ class Appender:
         pending = _Pending(a, asyncio.get_running_loop().create_future())
         self._queue.append(pending)
         if len(self._flushers) < self.writers:
-            task = asyncio.create_task(self._flush())
-            self._flushers.add(task)
-            task.add_done_callback(self._flushers.discard)
+            self._flushers.add(asyncio.create_task(self._flush()))
         return pending.future
 
     async def _flush(self) -> None:
+        try:
+            await self._drain()
+        finally:
+            # Leave the set in the same step as the last look at the queue, so an append submitted
+            # after that look finds no flusher and starts one. (A done-callback runs a step later: an
+            # append submitted in between would wait for a flusher that had already finished.)
+            self._flushers.discard(cast("asyncio.Task[None]", asyncio.current_task()))
+
+    async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
             try:
                 outcomes = await self._write([p.append for p in batch])
+            except asyncio.CancelledError:  # shutting down: its callers must not wait forever
+                for p in batch:
+                    p.future.cancel()
+                raise
             except Exception as exc:  # the batch's error is each append's error
                 for p in batch:
                     if not p.future.done():

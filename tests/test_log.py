@@ -403,3 +403,28 @@ async def test_appender_fails_only_the_append_the_database_refuses(
         assert [r["message_id"] for r in await c.fetch("SELECT message_id FROM events ORDER BY seq")] == [
             "m0", "m1", "m3", "m4"
         ]  # fmt: skip
+
+
+async def test_appender_starts_a_flush_for_an_append_that_arrives_as_the_last_one_ends(pool: asyncpg.Pool) -> None:
+    """An append submitted after a flush's last look at its queue, but before that flush's task is
+    done, is written (it once waited forever: the finished flusher still counted as running)."""
+    async with pool.acquire() as c:
+        await make_projects(c, "a")
+    later: list[asyncio.Future[tuple[event_log.StoredEvent, bool]]] = []
+
+    @contextlib.asynccontextmanager
+    async def connection() -> AsyncIterator[asyncpg.Connection]:
+        async with pool.acquire() as c:
+            yield c
+        if not later:  # the first flush is about to finish: an append arrives in the very next step
+            asyncio.get_running_loop().call_soon(
+                lambda: later.append(appender.submit(project_id="a", type="agent_run_progress", data=RUN))
+            )
+
+    appender = event_log.Appender(connection)
+    first, _ = await appender.append(project_id="a", type="agent_run_progress", data=RUN)
+    await asyncio.sleep(0)
+    assert first.seq == 1 and len(later) == 1
+    second, new = await asyncio.wait_for(later[0], timeout(5))
+    assert (second.seq, new) == (2, True)
+    await appender.close()
