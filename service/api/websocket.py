@@ -413,6 +413,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     reader = asyncio.create_task(receive(websocket, session))
     try:
         await asyncio.wait({reader, client.writer}, return_when=asyncio.FIRST_COMPLETED)
+        if reader.done() and not reader.cancelled() and reader.exception() is not None:
+            # A bug in handling a message: close with a code the contract says to retry, after what was
+            # already queued, so the client reconnects and resumes rather than waiting or giving up.
+            client.kick(CloseCode.GOING_AWAY, "internal error; reconnect and resume")
+            await asyncio.wait({client.writer}, timeout=client.close_grace_s)
     finally:
         rt.hub.disconnect(client)
         for task in (reader, client.writer):
@@ -425,10 +430,12 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
 
 async def receive(websocket: WebSocket, session: Session) -> None:
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        while session.client.close_code is None:
+    while session.client.close_code is None:
+        try:
             message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            text = message.get("text")
-            await session.handle(text if text is not None else None)
+        except (WebSocketDisconnect, RuntimeError):  # the peer is gone (Starlette: RuntimeError after close)
+            return
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        await session.handle(text if text is not None else None)  # its errors are bugs: they end the reader

@@ -15,6 +15,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from service.api.websocket import Session
 from service.config import Settings
 from tests.conftest import RunningServer, make_settings, start_server, stop_server, timeout
 
@@ -343,6 +344,33 @@ async def test_message_over_64_kib_closes_1009(server: RunningServer, ws: WsClie
     other = await open_client(server)
     await other.send(type="ping", ts=1)
     assert (await other.expect("pong"))["ts"] == 1
+    await other.ws.close()
+
+
+async def test_a_crash_handling_a_message_closes_1001_and_is_logged(
+    server: RunningServer, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in a handler (injected: `ping` raises) is logged at ERROR and closes that connection with
+    1001, which the contract says to retry, after the answers already queued; others are served."""
+    await create(client, "p1")
+    crashing = await open_client(server)
+    await crashing.send(type="subscribe", projectId="p1")
+    await crashing.expect("subscribed")
+
+    async def broken(session: Session, message: dict[str, Any]) -> None:
+        raise RuntimeError("injected bug")
+
+    monkeypatch.setitem(Session.handlers, "ping", broken)
+    await crashing.send(type="ping", ts=1)
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            await crashing.recv()
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1001, info.value
+    assert "failed handling a message" in caplog.text and "injected bug" in caplog.text
+    monkeypatch.undo()
+    other = await open_client(server)
+    await other.send(type="ping", ts=2)
+    assert (await other.expect("pong"))["ts"] == 2
     await other.ws.close()
 
 
