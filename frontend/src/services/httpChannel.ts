@@ -16,6 +16,13 @@ export interface HttpChannelOptions extends TransportOptions {
 }
 
 /** What a transport does with the frames that differ between SSE and polling. */
+/** A project an HTTP transport reads: its position (null until the service says where it starts)
+ *  and whether its `subscribed` frame went out. */
+export interface ProjectPosition {
+  seq: number | null;
+  announced: boolean;
+}
+
 export interface FrameHandlers {
   /** The token was accepted (first `auth`, with the ids of the projects it names) or replaced (a later
    * one: `projects` is empty). */

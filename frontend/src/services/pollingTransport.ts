@@ -3,7 +3,7 @@
 // request-response, so it works through whatever lets the page load at all.
 import type { ClientMessage, EventPage } from '../types/websocket';
 import { errorOf, isTransientStatus } from './errors';
-import { HttpChannel } from './httpChannel';
+import { HttpChannel, type ProjectPosition } from './httpChannel';
 import { randomId } from './platform';
 import type { Transport, TransportFactory, TransportOptions } from './transport';
 
@@ -13,12 +13,6 @@ export interface PollingOptions {
   intervalMs?: number;
   minRetryMs?: number;
   maxRetryMs?: number;
-}
-
-/** A subscribed project: its position (null until known) and whether `subscribed` went. */
-interface Position {
-  seq: number | null;
-  announced: boolean;
 }
 
 /** The polling transport over `fetch` (the global one by default). */
@@ -38,7 +32,7 @@ class PollingTransport implements Transport {
   readonly pollIntervalMs: number;
   private readonly channel: HttpChannel;
   private readonly clientId: string;
-  private readonly projects = new Map<string, Position>();
+  private readonly projects = new Map<string, ProjectPosition>();
   private running = false;
   /** A subscription came during a round: start the next one at once. */
   private again = false;
@@ -121,7 +115,7 @@ class PollingTransport implements Transport {
   }
 
   /** One project's new events; false when the transport ended. */
-  private async poll(projectId: string, position: Position): Promise<boolean> {
+  private async poll(projectId: string, position: ProjectPosition): Promise<boolean> {
     const current = () => this.channel.open && this.projects.get(projectId) === position;
     if (position.seq === null) {
       // No position: start at the head. (The durable cursor, where the socket would start, can only

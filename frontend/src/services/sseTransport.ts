@@ -8,7 +8,7 @@
 // Its automatic reconnect is not wanted either: the client reconnects with its own positions.
 import type { ClientMessage, Event } from '../types/websocket';
 import { errorOf } from './errors';
-import { HttpChannel } from './httpChannel';
+import { HttpChannel, type ProjectPosition } from './httpChannel';
 import { randomId } from './platform';
 import type { Transport, TransportFactory, TransportOptions } from './transport';
 
@@ -98,12 +98,6 @@ export function parseVector(text: string | null): Map<string, number> {
   return vector;
 }
 
-/** A subscribed project: its position (null until the service says) and whether `subscribed` went. */
-interface Position {
-  seq: number | null;
-  announced: boolean;
-}
-
 /** The SSE transport over `fetch` (the global one by default). */
 export function sseTransport(options: SseOptions = {}): TransportFactory {
   return (transportOptions) => new SseTransport(options, transportOptions);
@@ -115,7 +109,7 @@ class SseTransport implements Transport {
   private readonly keepAliveMs: number;
   private readonly perStream: number;
   private readonly clientId: string;
-  private readonly projects = new Map<string, Position>();
+  private readonly projects = new Map<string, ProjectPosition>();
   /** The current streams' controller: replaced (and the old streams aborted) at every reopen. */
   private streams: AbortController | null = null;
   private reopening = false;
