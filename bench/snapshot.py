@@ -32,8 +32,7 @@ import httpx
 import orjson
 import uvicorn
 
-from service import auth, db, state
-from service import log as event_log
+from service import auth, db, eventlog, state
 from service.app import create_app, server_config
 from service.config import load_settings
 
@@ -72,7 +71,7 @@ WITH next AS (
 )
 INSERT INTO events (project_id, seq, message_id, type, data)
 SELECT $1, next.head, $2, $3, $4::jsonb FROM next
-RETURNING seq, created_at, data::text AS data, pg_notify('{event_log.NOTIFY_CHANNEL}', $1 || ':' || seq)
+RETURNING seq, created_at, data::text AS data, pg_notify('{eventlog.NOTIFY_CHANNEL}', $1 || ':' || seq)
 """
 
 
@@ -131,7 +130,7 @@ async def run(admin_url: str, events: int, requests: int, appends: int) -> None:
 
 
 async def bench(conn: asyncpg.Connection, url: str, events: int, requests: int, appends: int) -> None:
-    await event_log.create_project(conn, id=PROJECT, name="A big project", repo="octo/demo")
+    await eventlog.create_project(conn, id=PROJECT, name="A big project", repo="octo/demo")
     started = time.perf_counter()
     await conn.execute(_BULK, PROJECT, events)
     await conn.execute("UPDATE projects SET head = $2 WHERE id = $1", PROJECT, events)
@@ -143,7 +142,7 @@ async def bench(conn: asyncpg.Connection, url: str, events: int, requests: int, 
         return await conn.fetchrow(_APPEND_BEFORE, PROJECT, os.urandom(8).hex(), kind, payload)
 
     async def append_now(kind: str, data: dict[str, object]) -> object:
-        return await event_log.append(conn, project_id=PROJECT, type=kind, data=data)
+        return await eventlog.append(conn, project_id=PROJECT, type=kind, data=data)
 
     await time_appends(conn, appends // 4, append_before)  # warm-up
     before = await time_appends(conn, appends, append_before)

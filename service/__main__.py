@@ -76,8 +76,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def play_demo(base_url: str, token: str, *, pace: float) -> None:
-    from .client import Publisher
     from .demo import play
+    from .publisher import Publisher
 
     async with Publisher(base_url, token, source="demo") as publisher:
         await play(publisher, pace=pace)
@@ -119,7 +119,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_project_add(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from . import log as event_log
+    from . import eventlog
 
     try:
         body = ProjectCreate(id=args.id, name=args.name, repo=args.repo)
@@ -135,11 +135,11 @@ def cmd_project_add(args: argparse.Namespace) -> int:
         await db.migrate_async(url)
         conn = await asyncpg.connect(db.asyncpg_dsn(url))
         try:
-            project = await event_log.create_project(conn, id=body.id, name=body.name, repo=body.repo)
-        except event_log.ProjectExists:
+            project = await eventlog.create_project(conn, id=body.id, name=body.name, repo=body.repo)
+        except eventlog.ProjectExists:
             print(f"error: project {body.id!r} already exists", file=sys.stderr)
             return 1
-        except event_log.RepoTaken:
+        except eventlog.RepoTaken:
             print(f"error: repo {body.repo!r} belongs to another project", file=sys.stderr)
             return 1
         finally:

@@ -20,8 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from . import cursors, db
-from . import log as event_log
+from . import cursors, db, eventlog
 from .auth import install_log_redaction
 from .codes import CloseCode
 from .config import Settings
@@ -32,7 +31,7 @@ from .listener import Listener
 from .messages import MAX_MESSAGE_BYTES
 from .metrics import Metrics
 
-log = logging.getLogger("herald")
+logger = logging.getLogger("herald.app")
 
 FRONTEND_DIST = db.ROOT / "frontend" / "dist"
 
@@ -47,7 +46,7 @@ class Runtime:
     pool: asyncpg.Pool
     embedded: db.EmbeddedPostgres | None = None
     hub: Hub = field(init=False)
-    appender: event_log.Appender = field(init=False)
+    appender: eventlog.Appender = field(init=False)
     acks: AckBuffer = field(init=False)
     listener: Listener = field(init=False)
     metrics: Metrics = field(init=False)
@@ -57,7 +56,7 @@ class Runtime:
         self.metrics = Metrics()
         self.hub = Hub(self.connection, on_send=self.metrics.sent)
         self.metrics.watch(self.hub)
-        self.appender = event_log.Appender(self.connection)
+        self.appender = eventlog.Appender(self.connection)
         self.acks = AckBuffer(self.connection)
         self.listener = Listener(self.database_url, self.hub)
 
@@ -90,7 +89,7 @@ class Runtime:
             try:
                 await self.pool.release(conn)
             except Exception:  # resetting a connection the server already closed: the pool drops it
-                log.debug("released a broken connection", exc_info=True)
+                logger.debug("released a broken connection", exc_info=True)
 
 
 async def start_runtime(settings: Settings) -> Runtime:
@@ -186,7 +185,7 @@ def create_app(settings: Settings, *, frontend_dist: Path | None = FRONTEND_DIST
         runtime = await start_runtime(settings)
         app.state.runtime = runtime
         runtime.start_background()
-        log.info("herald ready on %s", db.redact(runtime.database_url))
+        logger.info("herald ready on %s", db.redact(runtime.database_url))
         try:
             yield
         finally:

@@ -17,8 +17,8 @@ from typing import Any
 
 import asyncpg
 
-from .log import ProjectNotFound
-from .log import head as project_head
+from .eventlog import ProjectNotFound
+from .eventlog import head as project_head
 from .messages import format_timestamp
 
 logger = logging.getLogger("herald.cursors")

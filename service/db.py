@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import psutil
 
-log = logging.getLogger("herald.db")
+logger = logging.getLogger("herald.db")
 
 ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_DATABASE = "herald"

@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from .client import Publisher, PublishError
+from .publisher import Publisher, PublishError
 
 logger = logging.getLogger("herald.demo")
 

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from . import log as event_log
+from . import eventlog
 from .auth import Principal
 from .codes import CloseCode
 from .db import DatabaseUnavailable
@@ -66,7 +66,7 @@ class EventFrame(str):
     wire: bytes | None  # a transport's encoding of it (a WebSocket frame), made by the first one to need it
 
     @classmethod
-    def of(cls, event: event_log.StoredEvent) -> EventFrame:
+    def of(cls, event: eventlog.StoredEvent) -> EventFrame:
         frame = cls(event.encode().decode())
         frame.project_id, frame.seq, frame.type, frame.wire = event.project_id, event.seq, event.type, None
         return frame
@@ -240,7 +240,7 @@ class Hub:
         *,
         page_size: int = 1000,
         retry_delay_s: float = 0.5,
-        on_send: Callable[[event_log.StoredEvent, int], None] | None = None,
+        on_send: Callable[[eventlog.StoredEvent, int], None] | None = None,
     ) -> None:
         self._connection = connection
         self.page_size = page_size
@@ -295,7 +295,7 @@ class Hub:
         if project_id is None:
             self.clients.discard(client)
 
-    def broadcast_to_project(self, project_id: str, event: event_log.StoredEvent, frame: str) -> int:
+    def broadcast_to_project(self, project_id: str, event: eventlog.StoredEvent, frame: str) -> int:
         """Hand one encoded event to every live local subscriber of the project that is exactly one
         behind it; returns how many got it. Never waits: a full outbox closes that client (4429)."""
         feed = self.feeds.get(project_id)
@@ -303,7 +303,7 @@ class Hub:
             return 0
         return self._broadcast(feed, [event], [frame])[0]
 
-    def _broadcast(self, feed: Feed, events: list[event_log.StoredEvent], frames: list[str]) -> list[int]:
+    def _broadcast(self, feed: Feed, events: list[eventlog.StoredEvent], frames: list[str]) -> list[int]:
         """Fan a contiguous run of events out to the live subscribers: each gets, in one push, the part
         of the run after its position (a subscriber that read some of them during its catch-up skips
         those). Returns, per event, how many subscribers it reached."""
@@ -361,7 +361,7 @@ class Hub:
             while self.feeds.get(feed.project_id) is feed:
                 feed.dirty = False
                 async with self._connection() as conn:
-                    events = await event_log.read_after(conn, feed.project_id, feed.delivered, self.page_size)
+                    events = await eventlog.read_after(conn, feed.project_id, feed.delivered, self.page_size)
                 if events and self.feeds.get(feed.project_id) is feed:
                     reached = self._broadcast(feed, events, [EventFrame.of(e) for e in events])
                     feed.delivered = events[-1].seq
@@ -389,7 +389,7 @@ class Hub:
             await outbox.room()
             try:
                 async with self._connection() as conn:
-                    events = await event_log.read_after(conn, sub.project_id, sub.position, page)
+                    events = await eventlog.read_after(conn, sub.project_id, sub.position, page)
             except DatabaseUnavailable:
                 await asyncio.sleep(self.retry_delay_s)
                 continue

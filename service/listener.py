@@ -22,8 +22,8 @@ from typing import Any
 import asyncpg
 
 from .db import UNAVAILABLE_ERRORS, DatabaseUnavailable, asyncpg_dsn
+from .eventlog import NOTIFY_CHANNEL
 from .hub import Hub
-from .log import NOTIFY_CHANNEL
 
 logger = logging.getLogger("herald.listener")
 

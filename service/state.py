@@ -1,7 +1,7 @@
 """The project state: what a dashboard shows, folded from the log.
 
 A snapshot is a set of events: the latest event of each agent run, pull request and validation (by
-`log.subject`), most recently updated first, and the latest pull-request events as a notification
+`eventlog.subject`), most recently updated first, and the latest pull-request events as a notification
 feed, each list at most `limit` long, together with `seq`, the log position it reflects. `fold` is
 its definition over the events themselves; `read` serves it from `project_state`, which the append
 statement keeps current, so reading it costs the same at a million events as at ten.
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import asyncpg
 import orjson
 
-from . import log
-from .log import StoredEvent
+from . import eventlog
+from .eventlog import StoredEvent
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
@@ -73,7 +73,7 @@ def fold(project_id: str, events: Iterable[StoredEvent], *, limit: int = DEFAULT
     seq = 0
     for event in sorted(events, key=lambda e: e.seq):
         seq = max(seq, event.seq)
-        about = log.subject(event.type, orjson.loads(event.data))
+        about = eventlog.subject(event.type, orjson.loads(event.data))
         if about is not None:
             latest[(event.type, orjson.dumps(about).decode())] = event
         if event.type == NOTIFICATION_TYPE:

@@ -1,7 +1,7 @@
 """SQLAlchemy tables: the schema as code.
 
 Migrations create these tables (alembic), and a test checks that the migrated database and this
-metadata agree. Queries on the hot path are written against asyncpg directly (see log.py), so this
+metadata agree. Queries on the hot path are written against asyncpg directly (see eventlog.py), so this
 module is the schema's description, not a data-access layer.
 """
 
@@ -58,7 +58,7 @@ events = Table(
 Index("events_pr_notifications", events.c.project_id, events.c.seq, postgresql_where=text("type = 'pr_notification'"))
 
 # The latest event of each subject (an agent run, a pull request, a validation): the project state folded
-# from the log, kept current by the append statement itself (log.py), so it commits with the event and
+# from the log, kept current by the append statement itself (eventlog.py), so it commits with the event and
 # reading the state never re-reads the log. A row points at its event; it holds no copy of the data.
 project_state = Table(
     "project_state",

@@ -21,10 +21,10 @@ from typing import Any, get_args
 
 import asyncpg
 
-from . import log as event_log
+from . import eventlog
 from .messages import Conclusion, InvalidData, ValidationStatus
 
-log = logging.getLogger("herald.webhooks")
+logger = logging.getLogger("herald.webhooks")
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 """GitHub caps payloads at 25 MB; real pull_request payloads pass 64 KiB, none we map comes near this."""
@@ -103,7 +103,7 @@ def _conclusion(event: str, value: Any) -> Any:
     if not isinstance(value, str) or value in _CONCLUSIONS:
         return value  # None, a known conclusion, or a non-string the schema refuses
     # A conclusion GitHub adds later must not cost the whole event: it still says the check finished.
-    log.warning("dropping %s conclusion %r, which Herald's schema does not list", event, value)
+    logger.warning("dropping %s conclusion %r, which Herald's schema does not list", event, value)
     return None
 
 
@@ -261,16 +261,16 @@ async def append_once(
         try:
             claimed = await conn.fetchval(_CLAIM, delivery.hook_id, delivery.delivery_id, project_id)
         except asyncpg.ForeignKeyViolationError:
-            raise event_log.ProjectNotFound(project_id) from None
+            raise eventlog.ProjectNotFound(project_id) from None
         if claimed is None:
             original = await conn.fetchval(
                 "SELECT project_id FROM webhook_deliveries WHERE hook_id = $1 AND delivery_id = $2",
                 delivery.hook_id,
                 delivery.delivery_id,
             )
-            event = await event_log.get_by_message_id(conn, original, delivery.message_id)
+            event = await eventlog.get_by_message_id(conn, original, delivery.message_id)
             return Appended(original, event.seq if event else None, delivery.message_id, duplicate=True)
-        stored, created = await event_log.append(
+        stored, created = await eventlog.append(
             conn, project_id=project_id, type=type, data=data, message_id=delivery.message_id
         )
     return Appended(project_id, stored.seq, delivery.message_id, duplicate=not created)

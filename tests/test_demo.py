@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from service.client import Publisher
 from service.demo import PROJECTS, play
+from service.publisher import Publisher
 from tests.conftest import RunningServer
 
 

@@ -13,9 +13,8 @@ import httpx
 import orjson
 import pytest
 
-from service import db, state
-from service import log as event_log
-from service.log import StoredEvent
+from service import db, eventlog, state
+from service.eventlog import StoredEvent
 from service.messages import ProjectState, event_data, json_schema
 from tests.api.test_websocket import create, open_client
 from tests.conftest import RunningServer
@@ -75,11 +74,11 @@ class Stream:
 
 async def append(conn: asyncpg.Connection, project_id: str, stream: Stream) -> None:
     kind, data, message_id = stream.event()
-    await event_log.append(conn, project_id=project_id, type=kind, data=data, message_id=message_id)
+    await eventlog.append(conn, project_id=project_id, type=kind, data=data, message_id=message_id)
 
 
 async def whole_log(conn: asyncpg.Connection, project_id: str) -> list[StoredEvent]:
-    return await event_log.read_after(conn, project_id, 0, 1_000_000)
+    return await eventlog.read_after(conn, project_id, 0, 1_000_000)
 
 
 async def assert_state_is_fold(conn: asyncpg.Connection, project_id: str) -> None:
@@ -99,7 +98,7 @@ async def test_snapshot_equals_fold_of_the_log(pool: asyncpg.Pool, seed: int) ->
     whole log, for several limits; another project's events never leak in."""
     async with pool.acquire() as conn:
         for pid in ("a", "b"):
-            await event_log.create_project(conn, id=pid, name=pid, repo=None)
+            await eventlog.create_project(conn, id=pid, name=pid, repo=None)
         stream = Stream(seed)
         for step in range(120):
             if stream.rnd.random() < 0.05:
@@ -127,10 +126,10 @@ async def test_snapshot_equals_fold_of_the_log(pool: asyncpg.Pool, seed: int) ->
 async def test_fold_definition(conn: asyncpg.Connection) -> None:
     """What the fold keeps: per subject the latest event, newest first; repos case-insensitively;
     absent and empty headSha apart; the latest pull-request events as notifications; `limit`."""
-    await event_log.create_project(conn, id="a", name="a", repo=None)
+    await eventlog.create_project(conn, id="a", name="a", repo=None)
 
     async def put(kind: str, **data: Any) -> int:
-        event, _ = await event_log.append(conn, project_id="a", type=kind, data=event_data(kind, data))
+        event, _ = await eventlog.append(conn, project_id="a", type=kind, data=event_data(kind, data))
         return event.seq
 
     pr = {"action": "opened", "title": "t", "url": "u"}
@@ -161,23 +160,23 @@ async def test_fold_definition(conn: asyncpg.Connection) -> None:
 
 async def test_types_without_a_subject_only_move_seq(conn: asyncpg.Connection) -> None:
     """An event of a type with no subject appends as before: no state row, and the snapshot's seq moves."""
-    await event_log.create_project(conn, id="a", name="a", repo=None)
+    await eventlog.create_project(conn, id="a", name="a", repo=None)
     run = {"runId": "r", "status": "queued", "progress": 0}
-    await event_log.append(conn, project_id="a", type="agent_run_progress", data=run)
-    await event_log.append(conn, project_id="a", type="other", data={"x": 1})
+    await eventlog.append(conn, project_id="a", type="agent_run_progress", data=run)
+    await eventlog.append(conn, project_id="a", type="other", data={"x": 1})
     assert await conn.fetchval("SELECT count(*) FROM project_state") == 1
     snapshot = await state.read(conn, "a")
     assert snapshot is not None and snapshot.seq == 2 and [e.seq for e in snapshot.agent_runs] == [1]
     assert snapshot == state.fold("a", await whole_log(conn, "a"))
     assert await state.read(conn, "nope") is None
-    await event_log.create_project(conn, id="empty", name="empty", repo=None)
+    await eventlog.create_project(conn, id="empty", name="empty", repo=None)
     assert await state.read(conn, "empty") == state.Snapshot("empty", 0)
 
 
 async def test_snapshot_seq_matches_its_contents_under_concurrent_appends(pool: asyncpg.Pool) -> None:
     """Snapshots taken while 3 publishers append are each exactly the fold of the events <= its seq."""
     async with pool.acquire() as conn:
-        await event_log.create_project(conn, id="a", name="a", repo=None)
+        await eventlog.create_project(conn, id="a", name="a", repo=None)
     done = asyncio.Event()
 
     async def publisher(i: int) -> None:
@@ -209,7 +208,7 @@ async def assert_one_row_per_subject(conn: asyncpg.Connection) -> None:
     """As many state rows as subjects in the log, by log.subject: a hash computed by the migration's SQL
     that differed from the one the append statement computes would leave a second row for a subject."""
     rows = await conn.fetch("SELECT project_id, type, data::text AS data FROM events")
-    subjects = {(r["project_id"], r["type"], str(event_log.subject(r["type"], orjson.loads(r["data"])))) for r in rows}
+    subjects = {(r["project_id"], r["type"], str(eventlog.subject(r["type"], orjson.loads(r["data"])))) for r in rows}
     assert await conn.fetchval("SELECT count(*) FROM project_state") == len(subjects)
 
 

@@ -2,7 +2,7 @@
 
 Existing logs are folded into the new table here, in SQL, so a database upgraded with events in it
 answers the same snapshot as one that had the table from the start. The subject expressions mirror
-`service.log.subject` as it is at this revision (migrations are frozen; they do not import it): both
+`service.eventlog.subject` as it is at this revision (migrations are frozen; they do not import it): both
 sides hash the subject's canonical jsonb text, so they agree byte for byte.
 
 Revision ID: 0002

@@ -1,4 +1,4 @@
-"""The HTTP API of PROTOCOL.md §3: thin routes over log.py and cursors.py.
+"""The HTTP API of PROTOCOL.md §3: thin routes over eventlog.py and cursors.py.
 
 Every failure, including malformed JSON, FastAPI's own validation errors, unknown routes and a
 database outage, is answered with the contract's error body `{"error", "message", "field"?}`.
@@ -22,8 +22,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from .. import cursors, db, state
-from .. import log as event_log
+from .. import cursors, db, eventlog, state
 from ..app import Runtime
 from ..auth import InvalidToken, Principal, Scope, verify
 from ..codes import HTTP_STATUS, ErrorCode
@@ -229,10 +228,10 @@ async def create_project(request: Request, principal: Auth, rt: Rt) -> Response:
         raise ApiError(ErrorCode.FORBIDDEN, f"this token does not grant access to project {body.id!r}")
     async with rt.connection() as conn:
         try:
-            project = await event_log.create_project(conn, id=body.id, name=body.name, repo=body.repo)
-        except event_log.ProjectExists:
+            project = await eventlog.create_project(conn, id=body.id, name=body.name, repo=body.repo)
+        except eventlog.ProjectExists:
             raise ApiError(ErrorCode.EXISTS, f"project {body.id!r} already exists", field="id") from None
-        except event_log.RepoTaken:
+        except eventlog.RepoTaken:
             raise ApiError(
                 ErrorCode.INVALID_DATA, f"repo: {body.repo!r} belongs to another project", field="repo"
             ) from None
@@ -243,7 +242,7 @@ async def create_project(request: Request, principal: Auth, rt: Rt) -> Response:
 async def list_projects(principal: Auth, rt: Rt) -> Response:
     """The projects this token names, with their heads."""
     async with rt.connection() as conn:
-        projects = await event_log.list_projects(conn, principal.projects)
+        projects = await eventlog.list_projects(conn, principal.projects)
     return json_response({"projects": [p.to_dict() for p in projects]})
 
 
@@ -265,7 +264,7 @@ async def publish(project_id: str, request: Request, principal: Auth, rt: Rt) ->
         event, created = await rt.appender.append(
             project_id=project_id, type=body.type, data=data, message_id=body.message_id
         )
-    except event_log.ProjectNotFound:
+    except eventlog.ProjectNotFound:
         raise project_missing(project_id) from None
     return Response(event.encode(), status_code=201 if created else 200, media_type=JSON)
 
@@ -299,15 +298,15 @@ async def publish_batch(project_id: str, request: Request, principal: Auth, rt: 
         same_project(event, project_id, prefix=prefix)
         data = validate_event_data(event.type, event.data, prefix=prefix)
         appends.append(
-            event_log.Append(project_id, event.type, data, event.message_id)
+            eventlog.Append(project_id, event.type, data, event.message_id)
             if event.message_id
-            else event_log.Append(project_id, event.type, data)
+            else eventlog.Append(project_id, event.type, data)
         )
     async with rt.connection() as conn:  # one transaction of its own: the batch is all or none
-        outcomes = await event_log.append_many(conn, appends)
+        outcomes = await eventlog.append_many(conn, appends)
     results = []
     for outcome in outcomes:
-        if isinstance(outcome, event_log.ProjectNotFound):
+        if isinstance(outcome, eventlog.ProjectNotFound):
             raise project_missing(project_id)
         stored, created = outcome
         results.append({"seq": stored.seq, "messageId": stored.message_id, "created": created})
@@ -329,9 +328,9 @@ async def history(
     """A page of the log (subscribe). `next` is the after (asc) or before (desc) of the next page."""
     require(principal, "subscribe", project_id)
     async with rt.connection() as conn:
-        if await event_log.head(conn, project_id) is None:
+        if await eventlog.head(conn, project_id) is None:
             raise project_missing(project_id)
-        events, next_cursor = await event_log.read_page(
+        events, next_cursor = await eventlog.read_page(
             conn, project_id, after=after, before=before, limit=limit, type=type, order=order
         )
     body = b'{"events":[' + b",".join(e.encode() for e in events) + b'],"next":' + orjson.dumps(next_cursor) + b"}"
@@ -359,7 +358,7 @@ async def list_cursors(project_id: str, principal: Auth, rt: Rt) -> Response:
     """How far each client has acknowledged this project (admin): the auditor's view."""
     require(principal, "admin", project_id)
     async with rt.connection() as conn:
-        if await event_log.head(conn, project_id) is None:
+        if await eventlog.head(conn, project_id) is None:
             raise project_missing(project_id)
         rows = await cursors.list_for_project(conn, project_id)
     return json_response({"cursors": [c.to_dict() for c in rows]})
@@ -381,7 +380,7 @@ async def ack(project_id: str, request: Request, principal: Auth, rt: Rt) -> Res
             seq = await cursors.advance(
                 conn, project_id=project_id, user=principal.user, client_id=body.client_id, seq=body.seq
             )
-        except event_log.ProjectNotFound:
+        except eventlog.ProjectNotFound:
             raise project_missing(project_id) from None
         except cursors.AckBeyondHead as exc:
             raise ApiError(ErrorCode.INVALID_ACK, str(exc), field="seq") from None

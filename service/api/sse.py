@@ -23,7 +23,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from .. import log as event_log
+from .. import eventlog
 from ..app import Runtime
 from ..auth import InvalidToken, Principal, verify
 from ..codes import ErrorCode
@@ -129,7 +129,7 @@ async def start_positions(
     heads: dict[str, int] = {}
     async with rt.connection() as conn:
         for project_id, after in asked.items():
-            head = await event_log.head(conn, project_id)
+            head = await eventlog.head(conn, project_id)
             if head is None:
                 raise project_missing(project_id)
             if after is not None and after > head:

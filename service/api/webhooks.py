@@ -16,14 +16,13 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from .. import log as event_log
-from .. import webhooks
+from .. import eventlog, webhooks
 from ..app import Runtime
 from ..codes import ErrorCode
 from ..messages import InvalidData, event_data
 from .http import ERRORS, ApiError, Rt, json_response, read_body
 
-log = logging.getLogger("herald.webhooks")
+logger = logging.getLogger("herald.api.webhooks")
 
 router = APIRouter()
 
@@ -129,11 +128,11 @@ async def github(request: Request, rt: Rt) -> Response:
             return _answer("ignored", f"no project has repo {repo!r}; nothing was written")
         try:
             result = await webhooks.append_once(conn, delivery=delivery, project_id=project_id, type=type, data=data)
-        except event_log.ProjectNotFound:
+        except eventlog.ProjectNotFound:
             return _answer("ignored", f"project {project_id!r} is gone; nothing was written")
     fields: dict[str, Any] = {"projectId": result.project_id, "seq": result.seq, "messageId": result.message_id}
     if result.duplicate:
-        log.info("GitHub delivery %s was appended before (%s)", delivery.delivery_id, result.message_id)
+        logger.info("GitHub delivery %s was appended before (%s)", delivery.delivery_id, result.message_id)
         return _answer("duplicate", "this delivery was appended before; nothing was appended", **fields)
     return _answer("appended", f"{event} appended as {type}", **fields)
 

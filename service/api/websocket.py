@@ -23,8 +23,7 @@ from fastapi import APIRouter, WebSocket
 from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect
 
-from .. import frames
-from .. import log as event_log
+from .. import eventlog, frames
 from ..app import Runtime
 from ..auth import InvalidToken, Principal, verify
 from ..codes import CloseCode, ErrorCode
@@ -45,7 +44,7 @@ from ..messages import (
 )
 
 router = APIRouter()
-logger = logging.getLogger("herald.websocket")
+logger = logging.getLogger("herald.api.websocket")
 M = TypeVar("M", bound=BaseModel)
 
 AUTH_TIMEOUT_S = 5.0
@@ -159,7 +158,7 @@ class Session:
         self.rate = RateLimit(rt.settings.ws_rate, rt.settings.ws_burst)
         # Pipelined publishes, oldest first (a list, not a deque: at most MAX_PIPELINED, and an idle
         # connection should cost little).
-        self._publishing: list[tuple[asyncio.Future[tuple[event_log.StoredEvent, bool]], str, str | None]] = []
+        self._publishing: list[tuple[asyncio.Future[tuple[eventlog.StoredEvent, bool]], str, str | None]] = []
 
     async def settle(self) -> None:
         """Wait until every pipelined publish has been answered."""
@@ -178,7 +177,7 @@ class Session:
             if failure is None:
                 event, _ = future.result()
                 self.reply(frame(type="published", projectId=pid, messageId=event.message_id, seq=event.seq))
-            elif isinstance(failure, event_log.ProjectNotFound):
+            elif isinstance(failure, eventlog.ProjectNotFound):
                 self.error(ErrorCode.NOT_FOUND, f"no project {pid!r}", ref)
             elif isinstance(failure, DatabaseUnavailable):
                 self.error(ErrorCode.UNAVAILABLE, "the database is unreachable; nothing was written, retry", ref)
@@ -278,7 +277,7 @@ class Session:
             return
         try:
             async with self.rt.connection() as conn:
-                head = await event_log.head(conn, pid)
+                head = await eventlog.head(conn, pid)
                 cursor = None
                 if head is not None and parsed.after is None:
                     cursor = await self.rt.cursor(conn, pid, self.client)
@@ -315,7 +314,7 @@ class Session:
         if seq > sub.position and (feed is None or seq > feed.delivered):
             try:
                 async with self.rt.connection() as conn:
-                    head = await event_log.head(conn, pid)
+                    head = await eventlog.head(conn, pid)
             except DatabaseUnavailable:
                 self.error(ErrorCode.UNAVAILABLE, "the database is unreachable; ack again", pid)
                 return

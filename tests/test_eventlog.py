@@ -10,8 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from service import db
-from service import log as event_log
+from service import db, eventlog
 from service.db import DatabaseUnavailable
 
 from .conftest import timeout
@@ -21,7 +20,7 @@ RUN = {"runId": "r1", "status": "running", "progress": 10}
 
 async def make_projects(conn: asyncpg.Connection, *ids: str) -> None:
     for pid in ids:
-        await event_log.create_project(conn, id=pid, name=pid.upper(), repo=None)
+        await eventlog.create_project(conn, id=pid, name=pid.upper(), repo=None)
 
 
 async def seqs(conn: asyncpg.Connection, project_id: str) -> list[int]:
@@ -41,7 +40,7 @@ async def test_concurrent_publishers_get_contiguous_seqs_per_project(pool: async
         got = []
         for n in range(per_publisher):
             async with pool.acquire() as c:
-                event, created = await event_log.append(
+                event, created = await eventlog.append(
                     c, project_id=project, type="agent_run_progress", data=RUN, message_id=f"p{i}-{n}"
                 )
             assert created
@@ -54,19 +53,19 @@ async def test_concurrent_publishers_get_contiguous_seqs_per_project(pool: async
             expected = list(range(1, 8 * per_publisher + 1))
             assert await seqs(c, project) == expected
             assert sorted(s for r in results for p, s in r if p == project) == expected
-            assert await event_log.head(c, project) == 8 * per_publisher
+            assert await eventlog.head(c, project) == 8 * per_publisher
 
 
 async def test_rolled_back_append_leaves_no_gap(conn: asyncpg.Connection) -> None:
     """An append whose transaction rolls back gives its seq back: the next append takes it."""
     await make_projects(conn, "a")
-    await event_log.append(conn, project_id="a", type="agent_run_progress", data=RUN)
+    await eventlog.append(conn, project_id="a", type="agent_run_progress", data=RUN)
     with pytest.raises(RuntimeError):
         async with conn.transaction():
-            event, _ = await event_log.append(conn, project_id="a", type="agent_run_progress", data=RUN)
+            event, _ = await eventlog.append(conn, project_id="a", type="agent_run_progress", data=RUN)
             assert event.seq == 2
             raise RuntimeError("abort")
-    event, _ = await event_log.append(conn, project_id="a", type="agent_run_progress", data=RUN)
+    event, _ = await eventlog.append(conn, project_id="a", type="agent_run_progress", data=RUN)
     assert event.seq == 2
     assert await seqs(conn, "a") == [1, 2]
 
@@ -80,22 +79,22 @@ async def test_open_append_blocks_same_project_but_not_others(database_url: str)
         await make_projects(c1, "a", "b")
         tx = c1.transaction()
         await tx.start()
-        first, _ = await event_log.append(c1, project_id="a", type="agent_run_progress", data=RUN, message_id="m1")
+        first, _ = await eventlog.append(c1, project_id="a", type="agent_run_progress", data=RUN, message_id="m1")
         second = asyncio.create_task(
-            event_log.append(c2, project_id="a", type="agent_run_progress", data=RUN, message_id="m2")
+            eventlog.append(c2, project_id="a", type="agent_run_progress", data=RUN, message_id="m2")
         )
         await asyncio.sleep(timeout(0.3))
         assert not second.done(), "an append to the same project must wait for the open one"
         other, _ = await asyncio.wait_for(
-            event_log.append(c3, project_id="b", type="agent_run_progress", data=RUN), timeout(2)
+            eventlog.append(c3, project_id="b", type="agent_run_progress", data=RUN), timeout(2)
         )
         assert other.seq == 1
         # The reader sees nothing of project a yet: the open append is invisible and blocks the next.
-        assert await event_log.read_after(c3, "a", 0, 10) == []
+        assert await eventlog.read_after(c3, "a", 0, 10) == []
         await tx.commit()
         second_event, _ = await asyncio.wait_for(second, timeout(5))
         assert (first.seq, second_event.seq) == (1, 2)
-        assert [e.message_id for e in await event_log.read_after(c3, "a", 0, 10)] == ["m1", "m2"]
+        assert [e.message_id for e in await eventlog.read_after(c3, "a", 0, 10)] == ["m1", "m2"]
     finally:
         for c in (c1, c2, c3):
             await c.close()
@@ -104,18 +103,18 @@ async def test_open_append_blocks_same_project_but_not_others(database_url: str)
 async def test_repeated_message_id_returns_original(conn: asyncpg.Connection) -> None:
     """Publishing a messageId again appends nothing and returns the original event."""
     await make_projects(conn, "a")
-    first, created = await event_log.append(conn, project_id="a", type="agent_run_progress", data=RUN, message_id="x")
+    first, created = await eventlog.append(conn, project_id="a", type="agent_run_progress", data=RUN, message_id="x")
     assert created
-    again, created_again = await event_log.append(
+    again, created_again = await eventlog.append(
         conn, project_id="a", type="agent_run_progress", data={**RUN, "progress": 99}, message_id="x"
     )
     assert not created_again
     assert again == first
     assert await seqs(conn, "a") == [1]
-    assert await event_log.head(conn, "a") == 1
+    assert await eventlog.head(conn, "a") == 1
     # The same messageId in another project is another event.
     await make_projects(conn, "b")
-    other, created_other = await event_log.append(
+    other, created_other = await eventlog.append(
         conn, project_id="b", type="agent_run_progress", data=RUN, message_id="x"
     )
     assert created_other and other.seq == 1
@@ -127,9 +126,9 @@ async def test_concurrent_duplicates_append_once(pool: asyncpg.Pool) -> None:
         await make_projects(c, "a")
     for round_ in range(5):
 
-        async def publish(round_: int = round_) -> tuple[event_log.StoredEvent, bool]:
+        async def publish(round_: int = round_) -> tuple[eventlog.StoredEvent, bool]:
             async with pool.acquire() as c:
-                return await event_log.append(
+                return await eventlog.append(
                     c, project_id="a", type="agent_run_progress", data=RUN, message_id=f"dup-{round_}"
                 )
 
@@ -144,18 +143,18 @@ async def test_duplicate_inside_a_transaction_keeps_it_usable(conn: asyncpg.Conn
     """A duplicate inside the caller's transaction is absorbed by a savepoint; the transaction goes on."""
     await make_projects(conn, "a")
     async with conn.transaction():
-        await event_log.append(conn, project_id="a", type="agent_run_progress", data=RUN, message_id="x")
-        _, created = await event_log.append(conn, project_id="a", type="agent_run_progress", data=RUN, message_id="x")
+        await eventlog.append(conn, project_id="a", type="agent_run_progress", data=RUN, message_id="x")
+        _, created = await eventlog.append(conn, project_id="a", type="agent_run_progress", data=RUN, message_id="x")
         assert not created
-        event, _ = await event_log.append(conn, project_id="a", type="agent_run_progress", data=RUN, message_id="y")
+        event, _ = await eventlog.append(conn, project_id="a", type="agent_run_progress", data=RUN, message_id="y")
         assert event.seq == 2
     assert await seqs(conn, "a") == [1, 2]
 
 
 async def test_append_to_missing_project_raises_and_writes_nothing(conn: asyncpg.Connection) -> None:
     """No project, no event, no head."""
-    with pytest.raises(event_log.ProjectNotFound):
-        await event_log.append(conn, project_id="nope", type="agent_run_progress", data=RUN)
+    with pytest.raises(eventlog.ProjectNotFound):
+        await eventlog.append(conn, project_id="nope", type="agent_run_progress", data=RUN)
     assert await conn.fetchval("SELECT count(*) FROM events") == 0
 
 
@@ -165,13 +164,13 @@ async def test_append_notifies_only_on_commit(database_url: str) -> None:
     listener, writer = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
     received: asyncio.Queue[str] = asyncio.Queue()
     try:
-        await listener.add_listener(event_log.NOTIFY_CHANNEL, lambda *args: received.put_nowait(args[3]))
+        await listener.add_listener(eventlog.NOTIFY_CHANNEL, lambda *args: received.put_nowait(args[3]))
         await make_projects(writer, "a")
         with pytest.raises(RuntimeError):
             async with writer.transaction():
-                await event_log.append(writer, project_id="a", type="agent_run_progress", data=RUN)
+                await eventlog.append(writer, project_id="a", type="agent_run_progress", data=RUN)
                 raise RuntimeError("abort")
-        await event_log.append(writer, project_id="a", type="agent_run_progress", data=RUN)
+        await eventlog.append(writer, project_id="a", type="agent_run_progress", data=RUN)
         assert await asyncio.wait_for(received.get(), timeout(5)) == "a:1"
         await asyncio.sleep(0.1)
         assert received.empty()
@@ -186,32 +185,32 @@ async def test_read_page_orders_filters_and_pages(conn: asyncpg.Connection) -> N
     for i in range(1, 11):
         kind = "agent_run_progress" if i % 2 else "validation_update"
         data = RUN if i % 2 else {"name": "ci", "status": "queued"}
-        await event_log.append(conn, project_id="a", type=kind, data=data)
+        await eventlog.append(conn, project_id="a", type=kind, data=data)
 
-    events, nxt = await event_log.read_page(conn, "a", limit=4)
+    events, nxt = await eventlog.read_page(conn, "a", limit=4)
     assert [e.seq for e in events] == [1, 2, 3, 4] and nxt == 4
-    events, nxt = await event_log.read_page(conn, "a", after=8, limit=4)
+    events, nxt = await eventlog.read_page(conn, "a", after=8, limit=4)
     assert [e.seq for e in events] == [9, 10] and nxt is None
-    events, nxt = await event_log.read_page(conn, "a", after=6, limit=4)
+    events, nxt = await eventlog.read_page(conn, "a", after=6, limit=4)
     assert [e.seq for e in events] == [7, 8, 9, 10] and nxt is None
-    events, nxt = await event_log.read_page(conn, "a", order="desc", limit=3)
+    events, nxt = await eventlog.read_page(conn, "a", order="desc", limit=3)
     assert [e.seq for e in events] == [10, 9, 8] and nxt == 8
-    events, nxt = await event_log.read_page(conn, "a", order="desc", before=8, limit=3)
+    events, nxt = await eventlog.read_page(conn, "a", order="desc", before=8, limit=3)
     assert [e.seq for e in events] == [7, 6, 5] and nxt == 5
-    events, nxt = await event_log.read_page(conn, "a", after=2, before=7)
+    events, nxt = await eventlog.read_page(conn, "a", after=2, before=7)
     assert [e.seq for e in events] == [3, 4, 5, 6] and nxt is None
-    events, nxt = await event_log.read_page(conn, "a", type="validation_update", limit=3)
+    events, nxt = await eventlog.read_page(conn, "a", type="validation_update", limit=3)
     assert [e.seq for e in events] == [2, 4, 6] and nxt == 6
-    events, nxt = await event_log.read_page(conn, "a", type="validation_update", after=6, limit=3)
+    events, nxt = await eventlog.read_page(conn, "a", type="validation_update", after=6, limit=3)
     assert [e.seq for e in events] == [8, 10] and nxt is None
 
 
 # --- group commit: append_many and the Appender ------------------------------------------------------------
 
 
-def batch(project_id: str, n: int, prefix: str = "m") -> list[event_log.Append]:
+def batch(project_id: str, n: int, prefix: str = "m") -> list[eventlog.Append]:
     return [
-        event_log.Append(project_id, "agent_run_progress", {**RUN, "progress": i}, f"{prefix}{i}") for i in range(n)
+        eventlog.Append(project_id, "agent_run_progress", {**RUN, "progress": i}, f"{prefix}{i}") for i in range(n)
     ]
 
 
@@ -221,7 +220,7 @@ async def test_group_commit_keeps_seqs_contiguous_under_concurrency(pool: asyncp
     grouped (far fewer transactions than appends)."""
     async with pool.acquire() as c:
         await make_projects(c, "a", "b", "c")
-    appenders = [event_log.Appender(pool.acquire), event_log.Appender(pool.acquire)]
+    appenders = [eventlog.Appender(pool.acquire), eventlog.Appender(pool.acquire)]
 
     async def via_appender(i: int) -> tuple[str, str, int]:
         project, message_id = "abc"[i % 3], f"g{i}"
@@ -234,7 +233,7 @@ async def test_group_commit_keeps_seqs_contiguous_under_concurrency(pool: asyncp
     async def one_by_one(i: int) -> tuple[str, str, int]:
         project, message_id = "abc"[i % 3], f"s{i}"
         async with pool.acquire() as c:
-            event, _ = await event_log.append(
+            event, _ = await eventlog.append(
                 c, project_id=project, type="agent_run_progress", data=RUN, message_id=message_id
             )
         return project, message_id, event.seq
@@ -244,7 +243,7 @@ async def test_group_commit_keeps_seqs_contiguous_under_concurrency(pool: asyncp
         for project in "abc":
             rows = await c.fetch("SELECT seq, message_id FROM events WHERE project_id = $1 ORDER BY seq", project)
             assert [r["seq"] for r in rows] == list(range(1, 321))
-            assert await event_log.head(c, project) == 320
+            assert await eventlog.head(c, project) == 320
             log = {r["message_id"]: r["seq"] for r in rows}
             assert {m: s for p, m, s in results if p == project} == log
     assert sum(a.appended for a in appenders) == 900
@@ -256,12 +255,12 @@ async def test_append_many_is_append_one_by_one(conn: asyncpg.Connection) -> Non
     subjects repeated inside the batch included (the last one wins)."""
     await make_projects(conn, "a", "b")
     appends = [
-        event_log.Append("x", "agent_run_progress", {"runId": f"r{i % 3}", "status": "running", "progress": i}, f"m{i}")
+        eventlog.Append("x", "agent_run_progress", {"runId": f"r{i % 3}", "status": "running", "progress": i}, f"m{i}")
         for i in range(9)
-    ] + [event_log.Append("x", "validation_update", {"name": "ci", "status": "queued"}, "v1")]
-    outcomes = await event_log.append_many(conn, [event_log.Append("a", a.type, a.data, a.message_id) for a in appends])
+    ] + [eventlog.Append("x", "validation_update", {"name": "ci", "status": "queued"}, "v1")]
+    outcomes = await eventlog.append_many(conn, [eventlog.Append("a", a.type, a.data, a.message_id) for a in appends])
     for a in appends:
-        await event_log.append(conn, project_id="b", type=a.type, data=a.data, message_id=a.message_id)
+        await eventlog.append(conn, project_id="b", type=a.type, data=a.data, message_id=a.message_id)
     assert [o[0].seq for o in outcomes if not isinstance(o, Exception)] == list(range(1, 11))
     assert all(not isinstance(o, Exception) and o[1] for o in outcomes)
 
@@ -276,21 +275,21 @@ async def test_append_many_is_append_one_by_one(conn: asyncpg.Connection) -> Non
 
     assert await snapshot("a") == await snapshot("b")
     assert [o[0].data for o in outcomes if not isinstance(o, Exception)] == [
-        e.data for e in await event_log.read_after(conn, "a", 0, 100)
+        e.data for e in await eventlog.read_after(conn, "a", 0, 100)
     ]
 
 
 async def test_append_many_dedupes_against_the_log_and_within_the_batch(conn: asyncpg.Connection) -> None:
     """A messageId already in the log, or earlier in the batch, appends nothing and yields the original."""
     await make_projects(conn, "a")
-    first, _ = await event_log.append(conn, project_id="a", type="agent_run_progress", data=RUN, message_id="old")
-    outcomes = await event_log.append_many(
+    first, _ = await eventlog.append(conn, project_id="a", type="agent_run_progress", data=RUN, message_id="old")
+    outcomes = await eventlog.append_many(
         conn,
         [
-            event_log.Append("a", "agent_run_progress", RUN, "new"),
-            event_log.Append("a", "agent_run_progress", {**RUN, "progress": 99}, "old"),
-            event_log.Append("a", "agent_run_progress", {**RUN, "progress": 98}, "new"),
-            event_log.Append("a", "agent_run_progress", RUN, "newer"),
+            eventlog.Append("a", "agent_run_progress", RUN, "new"),
+            eventlog.Append("a", "agent_run_progress", {**RUN, "progress": 99}, "old"),
+            eventlog.Append("a", "agent_run_progress", {**RUN, "progress": 98}, "new"),
+            eventlog.Append("a", "agent_run_progress", RUN, "newer"),
         ],
     )
     pairs = [(o[0].message_id, o[0].seq, o[1]) for o in outcomes if not isinstance(o, Exception)]
@@ -303,14 +302,14 @@ async def test_append_many_rolled_back_leaves_no_gap(conn: asyncpg.Connection) -
     """A batch whose transaction rolls back takes nothing with it: heads, events and state are as
     before, and the next append takes the next seq."""
     await make_projects(conn, "a", "b")
-    await event_log.append(conn, project_id="a", type="agent_run_progress", data=RUN)
+    await eventlog.append(conn, project_id="a", type="agent_run_progress", data=RUN)
     with pytest.raises(RuntimeError):
         async with conn.transaction():
-            await event_log.append_many(conn, batch("a", 5) + batch("b", 3))
+            await eventlog.append_many(conn, batch("a", 5) + batch("b", 3))
             raise RuntimeError("abort")
-    assert (await event_log.head(conn, "a"), await event_log.head(conn, "b")) == (1, 0)
+    assert (await eventlog.head(conn, "a"), await eventlog.head(conn, "b")) == (1, 0)
     assert await conn.fetchval("SELECT count(*) FROM project_state WHERE project_id = 'b'") == 0
-    outcomes = await event_log.append_many(conn, batch("a", 2) + batch("b", 1))
+    outcomes = await eventlog.append_many(conn, batch("a", 2) + batch("b", 1))
     assert [o[0].seq for o in outcomes if not isinstance(o, Exception)] == [2, 3, 1]
     assert await seqs(conn, "a") == [1, 2, 3]
 
@@ -318,8 +317,8 @@ async def test_append_many_rolled_back_leaves_no_gap(conn: asyncpg.Connection) -
 async def test_append_many_fails_only_the_appends_to_a_missing_project(conn: asyncpg.Connection) -> None:
     """An append to a project that does not exist gets ProjectNotFound; the rest of the batch commits."""
     await make_projects(conn, "a")
-    outcomes = await event_log.append_many(conn, batch("a", 1) + batch("nope", 1) + batch("a", 1, prefix="n"))
-    assert isinstance(outcomes[1], event_log.ProjectNotFound)
+    outcomes = await eventlog.append_many(conn, batch("a", 1) + batch("nope", 1) + batch("a", 1, prefix="n"))
+    assert isinstance(outcomes[1], eventlog.ProjectNotFound)
     assert [o[0].seq for o in outcomes if not isinstance(o, Exception)] == [1, 2]
     assert await conn.fetchval("SELECT count(*) FROM events WHERE project_id = 'nope'") == 0
 
@@ -330,13 +329,13 @@ async def test_append_many_notifies_once_per_project_on_commit(database_url: str
     listener, writer = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
     received: asyncio.Queue[str] = asyncio.Queue()
     try:
-        await listener.add_listener(event_log.NOTIFY_CHANNEL, lambda *args: received.put_nowait(args[3]))
+        await listener.add_listener(eventlog.NOTIFY_CHANNEL, lambda *args: received.put_nowait(args[3]))
         await make_projects(writer, "a", "b")
         with pytest.raises(RuntimeError):
             async with writer.transaction():
-                await event_log.append_many(writer, batch("a", 3))
+                await eventlog.append_many(writer, batch("a", 3))
                 raise RuntimeError("abort")
-        await event_log.append_many(writer, batch("a", 3) + batch("b", 2))
+        await eventlog.append_many(writer, batch("a", 3) + batch("b", 2))
         got = {await asyncio.wait_for(received.get(), timeout(5)) for _ in range(2)}
         assert got == {"a:3", "b:2"}
         await asyncio.sleep(0.1)
@@ -360,7 +359,7 @@ async def test_appender_fails_a_batch_as_a_whole_and_recovers(pool: asyncpg.Pool
         async with pool.acquire() as c:
             yield c
 
-    appender = event_log.Appender(connection)
+    appender = eventlog.Appender(connection)
     outcomes = await asyncio.gather(
         *(appender.append(project_id="a", type="agent_run_progress", data=RUN) for _ in range(5)),
         return_exceptions=True,
@@ -380,7 +379,7 @@ async def test_appender_fails_only_the_append_the_database_refuses(
     real publishes) fails alone: the others of its batch are written, contiguous, in order."""
     async with pool.acquire() as c:
         await make_projects(c, "a")
-    appender = event_log.Appender(pool.acquire)
+    appender = eventlog.Appender(pool.acquire)
     bad = {"runId": "r\x00", "status": "running"}
     outcomes = await asyncio.gather(
         *(
@@ -410,7 +409,7 @@ async def test_appender_starts_a_flush_for_an_append_that_arrives_as_the_last_on
     done, is written (it once waited forever: the finished flusher still counted as running)."""
     async with pool.acquire() as c:
         await make_projects(c, "a")
-    later: list[asyncio.Future[tuple[event_log.StoredEvent, bool]]] = []
+    later: list[asyncio.Future[tuple[eventlog.StoredEvent, bool]]] = []
 
     @contextlib.asynccontextmanager
     async def connection() -> AsyncIterator[asyncpg.Connection]:
@@ -421,7 +420,7 @@ async def test_appender_starts_a_flush_for_an_append_that_arrives_as_the_last_on
                 lambda: later.append(appender.submit(project_id="a", type="agent_run_progress", data=RUN))
             )
 
-    appender = event_log.Appender(connection)
+    appender = eventlog.Appender(connection)
     first, _ = await appender.append(project_id="a", type="agent_run_progress", data=RUN)
     await asyncio.sleep(0)
     assert first.seq == 1 and len(later) == 1

@@ -35,7 +35,7 @@ from .messages import format_timestamp
 
 NOTIFY_CHANNEL = "herald_events"
 
-logger = logging.getLogger("herald.log")
+logger = logging.getLogger("herald.eventlog")
 
 
 class ProjectNotFound(Exception):

@@ -1,4 +1,4 @@
-"""service.client.Publisher against real servers: retries that never duplicate, errors that are not
+"""service.publisher.Publisher against real servers: retries that never duplicate, errors that are not
 retried, a deadline, and the blocking wrapper."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from service import auth
-from service.client import Publisher, PublishError, SyncPublisher
+from service.publisher import Publisher, PublishError, SyncPublisher
 from tests.api.test_websocket import create
 from tests.conftest import SECRET, RunningServer, ServiceProcess, free_port, timeout
 
