@@ -1,4 +1,4 @@
-// The HTTP reads the dashboard makes beside the client's (PROTOCOL.md §3): the projects a token can
+// The HTTP reads the dashboard makes beside the client's (docs/protocol.md §3): the projects a token can
 // read, pages of a project's history, and every client's cursor (admin). Each throws a HeraldError
 // for a refusal (its `status` says which) and a TypeError when the service cannot be reached.
 import { errorOf } from './services/errors';

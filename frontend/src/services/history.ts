@@ -1,4 +1,4 @@
-// Reads of the log over HTTP (PROTOCOL.md §3): ranges of the history, and the state snapshot.
+// Reads of the log over HTTP (docs/protocol.md §3): ranges of the history, and the state snapshot.
 import type { Event, EventPage, ProjectState } from '../types/websocket';
 import { errorOf } from './errors';
 

@@ -1,5 +1,5 @@
 // The HTTP half of the fallback transports (SSE and polling): what the WebSocket carries as frames
-// (the token, publishes, acks, pings) carried as the requests of PROTOCOL.md §3, and the answers
+// (the token, publishes, acks, pings) carried as the requests of docs/protocol.md §3, and the answers
 // turned back into frames, so the client cannot tell the difference.
 import type { ClientMessage, Event, ProjectList, PublishMessage, ServerMessage } from '../types/websocket';
 import { backoff } from './backoff';
@@ -15,7 +15,6 @@ export interface HttpChannelOptions extends TransportOptions {
   onEnd(): void;
 }
 
-/** What a transport does with the frames that differ between SSE and polling. */
 /** A project an HTTP transport reads: its position (null until the service says where it starts)
  *  and whether its `subscribed` frame went out. */
 export interface ProjectPosition {
@@ -23,6 +22,7 @@ export interface ProjectPosition {
   announced: boolean;
 }
 
+/** What a transport does with the frames that differ between SSE and polling. */
 export interface FrameHandlers {
   /** The token was accepted (first `auth`, with the ids of the projects it names) or replaced (a later
    * one: `projects` is empty). */

@@ -1,4 +1,4 @@
-// The SSE fallback: every subscribed project on one multi-project stream (PROTOCOL.md §5,
+// The SSE fallback: every subscribed project on one multi-project stream (docs/protocol.md §5,
 // `GET /api/stream?projects=a,b&clientId=C&after=a:5,b:9`), acks and publishes over HTTP.
 //
 // The stream is read with fetch rather than EventSource: EventSource hides what this transport
@@ -237,7 +237,7 @@ class SseTransport implements Transport {
       const seq = this.projects.get(id)?.seq;
       return seq === null || seq === undefined ? [] : [`${id}:${seq}`];
     });
-    // Projects without a position resume from this client's durable cursor, else the head (§5).
+    // Projects without a position resume from this client's durable cursor, else the head (docs/protocol.md §5).
     if (after.length > 0) query.set('after', after.join(','));
     return `/api/stream?${query.toString()}`;
   }

@@ -1,4 +1,4 @@
-// The seam between the client and the wire. The client speaks the frames of PROTOCOL.md §4 in
+// The seam between the client and the wire. The client speaks the frames of docs/protocol.md §4 in
 // both directions; a transport carries them. The WebSocket transport passes them through; the
 // fallbacks translate them (sseTransport.ts, pollingTransport.ts: subscribe -> a stream or a poll,
 // ack and publish -> HTTP requests, their answers -> `subscribed`, `published`, `error` frames).

@@ -52,7 +52,7 @@ export const defaults = {
 /** `error` codes of a publish that say "not now" rather than "no": it stays queued and goes again. */
 const TRANSIENT_PUBLISH_ERRORS: ReadonlySet<string> = new Set(['unavailable', 'rate_limited']);
 
-/** PROTOCOL.md §2: a publish over 64 KiB would close the connection with 1009. */
+/** docs/protocol.md §2: a publish over 64 KiB would close the connection with 1009. */
 const MAX_MESSAGE_BYTES = 64 * 1024;
 const CLIENT_ID_KEY = 'herald.clientId';
 

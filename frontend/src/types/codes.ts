@@ -20,7 +20,7 @@ export const ERROR_CODES = [
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
-/** WebSocket close codes of PROTOCOL.md §4. */
+/** WebSocket close codes of docs/protocol.md §4. */
 export const CloseCode = {
   GOING_AWAY: 1001,
   POLICY_VIOLATION: 1008,

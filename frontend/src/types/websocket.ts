@@ -251,7 +251,7 @@ export interface WelcomeMessage {
 
 // --- the typed event envelope (from x-herald-event-data) ---
 
-/** The schema of each event type's `data` (PROTOCOL.md §2). */
+/** The schema of each event type's `data` (docs/protocol.md §2). */
 export interface EventDataByType {
   agent_run_progress: AgentRunProgress;
   pr_notification: PrNotification;
