@@ -5,11 +5,11 @@
 import { describe, expect, it, vi } from 'vitest';
 import { event, fakeHttp, FakeStream, json } from '../../tests/fakes';
 import type { ServerMessage } from '../types/websocket';
-import { SseParser, parseVector, sseTransport, type SseMessage } from './sseTransport';
+import { parseVector, sseParser, sseTransport, type SseMessage } from './sseTransport';
 
 const BASE = 'http://herald.test';
 
-describe('SseParser', () => {
+describe('sseParser', () => {
   it('parses messages however the text is split, with LF, CRLF or CR line ends', () => {
     const text =
       'retry: 2000\n\n: keep-alive\r\nid: 1\r\nevent: agent_run_progress\r\ndata: {"a":1}\r\n\r\n' +
@@ -17,8 +17,8 @@ describe('SseParser', () => {
     for (const size of [1, 2, 3, 7, text.length]) {
       const messages: SseMessage[] = [];
       const comments: string[] = [];
-      const parser = new SseParser((message) => messages.push(message), (comment) => comments.push(comment));
-      for (let i = 0; i < text.length; i += size) parser.push(text.slice(i, i + size));
+      const parser = sseParser((message) => messages.push(message), (comment) => comments.push(comment));
+      for (let i = 0; i < text.length; i += size) parser.feed(text.slice(i, i + size));
       expect(messages).toEqual([
         { id: '1', event: 'agent_run_progress', data: '{"a":1}' },
         { id: '1', event: 'message', data: 'two\nlines' }, // the last id stands until another comes

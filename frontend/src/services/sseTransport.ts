@@ -6,6 +6,7 @@
 // comments (a stream gone silent behind a proxy is noticed within 2 keep-alives), the end-of-stream
 // comment `: closed CODE: reason` (docs/protocol.md), and it can only send the token in the URL.
 // Its automatic reconnect is not wanted either: the client reconnects with its own positions.
+import { createParser } from 'eventsource-parser';
 import type { ClientMessage, Event } from '../types/websocket';
 import { errorOf } from './errors';
 import { HttpChannel, type ProjectPosition } from './httpChannel';
@@ -26,65 +27,34 @@ export interface SseOptions {
 /** How long the handshake waits for a stream's first bytes (the service sends `retry:` at once). */
 const FIRST_BYTES_MS = 10_000;
 
-/** One field-parsed message of an event stream (the WHATWG "dispatch the event" step). */
+/** One message of an event stream, as the WHATWG "dispatch the event" step hands it over. */
 export interface SseMessage {
+  /** The stream's last event ID: it stands until another `id:` line comes. */
   id: string | null;
   event: string;
   data: string;
 }
 
 /**
- * The event-stream format, incrementally: `push` text as it arrives; each complete message goes to
- * `onMessage`, each comment line (without its colon) to `onComment`. Lines end with CRLF, LF or CR.
+ * The event-stream format, incrementally (eventsource-parser): `feed` text as it arrives, split
+ * anywhere; each complete message goes to `onMessage`, each comment line (without its colon) to
+ * `onComment`. Lines end with CRLF, LF or CR.
  */
-export class SseParser {
-  private buffer = '';
-  private data: string[] = [];
-  private event = '';
-  private lastId: string | null = null;
-  private readonly onMessage: (message: SseMessage) => void;
-  private readonly onComment: (text: string) => void;
-
-  constructor(onMessage: (message: SseMessage) => void, onComment: (text: string) => void = () => {}) {
-    this.onMessage = onMessage;
-    this.onComment = onComment;
-  }
-
-  push(text: string): void {
-    this.buffer += text;
-    let start = 0;
-    for (let i = 0; i < this.buffer.length; i += 1) {
-      const char = this.buffer[i];
-      if (char !== '\n' && char !== '\r') continue;
-      if (char === '\r' && i + 1 === this.buffer.length) break; // a CR whose LF may be in the next chunk
-      this.line(this.buffer.slice(start, i));
-      if (char === '\r' && this.buffer[i + 1] === '\n') i += 1;
-      start = i + 1;
-    }
-    this.buffer = this.buffer.slice(start);
-  }
-
-  private line(line: string): void {
-    if (line === '') {
-      if (this.data.length > 0) {
-        this.onMessage({ id: this.lastId, event: this.event || 'message', data: this.data.join('\n') });
-      }
-      this.data = [];
-      this.event = '';
-      return;
-    }
-    if (line.startsWith(':')) {
-      this.onComment(line.slice(1).replace(/^ /, ''));
-      return;
-    }
-    const colon = line.indexOf(':');
-    const field = colon === -1 ? line : line.slice(0, colon);
-    const value = colon === -1 ? '' : line.slice(colon + 1).replace(/^ /, '');
-    if (field === 'data') this.data.push(value);
-    else if (field === 'event') this.event = value;
-    else if (field === 'id' && !value.includes('\0')) this.lastId = value;
-    // `retry` is EventSource's reconnect delay; the client has its own backoff.
-  }
+export function sseParser(
+  onMessage: (message: SseMessage) => void,
+  onComment: (text: string) => void,
+): { feed(text: string): void } {
+  // eventsource-parser reports only a message's own `id:`; the vector of a message without one is
+  // the last one seen, as EventSource's lastEventId would be.
+  let lastId: string | null = null;
+  return createParser({
+    onEvent: ({ id, event, data }) => {
+      if (id !== undefined) lastId = id;
+      onMessage({ id: lastId, event: event ?? 'message', data });
+    },
+    onComment,
+    // `retry` is EventSource's reconnect delay, ignored: the client has its own backoff.
+  });
 }
 
 /** `a:5,b:9` as a map; malformed parts are skipped. */
@@ -271,7 +241,7 @@ class SseTransport implements Transport {
       }
     }
     let closed: { code: number; reason: string } | null = null;
-    const parser = new SseParser(
+    const parser = sseParser(
       (message) => {
         if (current()) this.received(message);
       },
@@ -288,7 +258,7 @@ class SseTransport implements Transport {
       for (;;) {
         const { done, value } = await reader.read();
         if (done) break;
-        parser.push(decoder.decode(value, { stream: true }));
+        parser.feed(decoder.decode(value, { stream: true }));
       }
     } catch {
       // Aborted by a reopen or close, or the connection broke: told apart below.
