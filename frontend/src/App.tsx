@@ -15,7 +15,7 @@ import { useProjectList } from './components/useProjectList';
 import { HeraldContext } from './hooks/useWebSocket';
 import { useRoute } from './route';
 import { indexedDbQueue } from './services/indexedDbQueue';
-import { createClient, type ClientOptions } from './services/websocketService';
+import { createClient, type ClientOptions } from './services/client';
 import { ProjectStoreContext, createProjectStore } from './store/projectStore';
 
 interface Auth {

@@ -1,5 +1,7 @@
 // Stand-ins for the browser and the service, for the client's unit tests (fake timers, no sockets).
-import type { Platform } from '../src/services/platform';
+import { vi } from 'vitest';
+import { HeraldClient, type ClientOptions } from '../src/services/client';
+import { memoryStorage, type Platform } from '../src/services/platform';
 import type {
   Transport,
   TransportFactory,
@@ -7,7 +9,15 @@ import type {
   TransportOptions,
   WebSocketLike,
 } from '../src/services/transport';
-import type { AgentRunProgress, ClientMessage, Event, ServerMessage, TransportKind } from '../src/types/websocket';
+import type {
+  AgentRunProgress,
+  ClientMessage,
+  Event,
+  EventPage,
+  ServerMessage,
+  TransportKind,
+  WebSocketMessage,
+} from '../src/types/websocket';
 
 /** A WebSocket the test drives by hand: `open()`, `receive(frame)`, `drop(code)`. */
 export class FakeSocket implements WebSocketLike {
@@ -130,6 +140,45 @@ export function event(projectId: string, seq: number): Event & { type: 'agent_ru
 /** Lets pending promise callbacks run (no timers move). */
 export async function settle(): Promise<void> {
   for (let i = 0; i < 20; i += 1) await Promise.resolve();
+}
+
+/**
+ * A client on fake sockets and a fake network, with the WebSocket alone (fallback.test.ts covers the
+ * ladder). The history answers what `history` holds (by `path?query`), else 503. `received` is every
+ * event handed over.
+ */
+export function socketClient(options: Partial<ClientOptions> = {}) {
+  const fake = fakeSockets();
+  const net = fakePlatform();
+  const history = new Map<string, EventPage>();
+  const fetch = vi.fn(async (input: string | URL | Request) => {
+    const url = new URL(String(input));
+    const page = history.get(url.pathname + url.search);
+    if (page === undefined) return { ok: false, status: 503, json: async () => ({}) } as Response;
+    return { ok: true, status: 200, json: async () => page } as Response;
+  });
+  const client = new HeraldClient({
+    token: 'tok',
+    baseUrl: 'http://herald.test',
+    WebSocket: fake.WebSocket,
+    platform: net.platform,
+    storage: memoryStorage(),
+    fetch: fetch as unknown as typeof globalThis.fetch,
+    fallbacks: [],
+    ...options,
+  });
+  const received: WebSocketMessage[] = [];
+  client.on('message', (message) => received.push(message));
+  const seqs = (projectId: string) => received.filter((m) => m.projectId === projectId).map((m) => m.seq);
+  return { client, fake, net, fetch, history, received, seqs };
+}
+
+/** A `socketClient` connected (welcomed) on its first socket. */
+export function connectedClient(options: Partial<ClientOptions> = {}) {
+  const env = socketClient(options);
+  env.client.connect();
+  env.fake.last.accept();
+  return env;
 }
 
 /** A transport the test drives by hand, as `FakeSocket` is a socket: `open()`, `receive()`, `drop()`. */

@@ -7,7 +7,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { indexedDbQueue } from '../src/services/indexedDbQueue';
 import { memoryStorage, type KeyValueStorage } from '../src/services/platform';
-import { HeraldClient, type ClientOptions } from '../src/services/websocketService';
+import { HeraldClient, type ClientOptions } from '../src/services/client';
 import type { WebSocketLike } from '../src/services/transport';
 import type { Event, EventPage, TransportKind, WebSocketMessage } from '../src/types/websocket';
 import { fakePlatform } from './fakes';

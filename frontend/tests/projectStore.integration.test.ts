@@ -5,7 +5,7 @@
 // server's fold of its log.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { memoryStorage } from '../src/services/platform';
-import { HeraldClient } from '../src/services/websocketService';
+import { HeraldClient } from '../src/services/client';
 import { createProjectStore, fromSnapshot, type Project } from '../src/store/projectStore';
 import type { EventType, OutgoingMessage, ProjectState } from '../src/types/websocket';
 import { fakePlatform } from './fakes';

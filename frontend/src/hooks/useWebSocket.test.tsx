@@ -4,7 +4,7 @@ import { StrictMode, type ReactNode } from 'react';
 import { afterEach, describe, expect, it } from 'vitest';
 import { event, fakePlatform, fakeSockets } from '../../tests/fakes';
 import { memoryStorage } from '../services/platform';
-import { HeraldClient } from '../services/websocketService';
+import { HeraldClient } from '../services/client';
 import { HeraldContext, useSubscription, useWebSocket } from './useWebSocket';
 
 afterEach(cleanup);

@@ -1,7 +1,7 @@
 // React's view of the client: state through useSyncExternalStore, verbs passed through. No
-// connection logic lives here; the client (services/websocketService.ts) owns all of it.
+// connection logic lives here; the client (services/client.ts) owns all of it.
 import { createContext, useContext, useEffect, useMemo, useSyncExternalStore } from 'react';
-import type { HeraldClient } from '../services/websocketService';
+import type { HeraldClient } from '../services/client';
 import type { SubscribeOptions, UseWebSocketReturn } from '../types/websocket';
 
 /** Provides the app's one client: `<HeraldContext value={client}>…</HeraldContext>`. */

@@ -6,7 +6,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { event, fakePlatform, fakeSockets, fakeTransports, settle } from '../../tests/fakes';
 import type { TransportKind, WebSocketMessage } from '../types/websocket';
 import { memoryStorage } from './platform';
-import { HeraldClient, type ClientOptions } from './websocketService';
+import { HeraldClient, type ClientOptions } from './client';
 
 function setup(options: Partial<ClientOptions> = {}) {
   const ws = fakeSockets();

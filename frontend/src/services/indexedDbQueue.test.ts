@@ -8,7 +8,7 @@ import { fakePlatform, fakeSockets, settle } from '../../tests/fakes';
 import type { ErrorMessage, PublishMessage, PublishedMessage } from '../types/websocket';
 import { indexedDbQueue } from './indexedDbQueue';
 import { memoryStorage } from './platform';
-import { HeraldClient } from './websocketService';
+import { HeraldClient } from './client';
 
 const publish = (messageId: string, projectId = 'p1'): PublishMessage & { messageId: string } => ({
   type: 'agent_run_progress',

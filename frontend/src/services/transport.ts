@@ -5,6 +5,14 @@
 import type { ClientMessage, ServerMessage } from '../types/websocket';
 import type { TransportKind } from '../types/state';
 
+/**
+ * The WebSocket's own close codes (RFC 6455), which the service's table (codes.ts) leaves out: a
+ * close either side asked for, and a connection lost without one (the fallbacks end with it for a
+ * failed request too, so the client retries). Neither is terminal.
+ */
+export const NORMAL_CLOSURE = 1000;
+export const ABNORMAL_CLOSURE = 1006;
+
 export interface TransportHandlers {
   /** The transport is ready for the `auth` message. */
   onOpen(): void;

@@ -13,7 +13,7 @@ import { createStore, type StoreApi } from 'zustand/vanilla';
 import { backoff } from '../services/backoff';
 import { HeraldError } from '../services/errors';
 import { browserStorage, type KeyValueStorage } from '../services/platform';
-import type { HeraldClient } from '../services/websocketService';
+import type { HeraldClient } from '../services/client';
 import type { Event, EventType, ProjectState, WebSocketMessage } from '../types/websocket';
 
 /** An agent run: its latest `agent_run_progress` event (the run is `data.runId`). */

@@ -4,7 +4,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { memoryStorage, type KeyValueStorage } from '../src/services/platform';
-import { HeraldClient, HeraldError } from '../src/services/websocketService';
+import { HeraldClient, HeraldError } from '../src/services/client';
 import type { WebSocketMessage } from '../src/types/websocket';
 import { Service, until } from './service';
 
