@@ -1,10 +1,11 @@
 // The HTTP half of the fallback transports (SSE and polling): what the WebSocket carries as frames
 // (the token, publishes, acks, pings) carried as the requests of docs/protocol.md §3, and the answers
 // turned back into frames, so the client cannot tell the difference.
+import { CloseCode } from '../types/codes';
 import type { ClientMessage, Event, ProjectList, PublishMessage, ServerMessage } from '../types/websocket';
 import { backoff } from './backoff';
 import { errorOf, isTransientStatus } from './errors';
-import type { TransportOptions } from './transport';
+import { ABNORMAL_CLOSURE, type TransportOptions } from './transport';
 
 export interface HttpChannelOptions extends TransportOptions {
   fetch: typeof fetch;
@@ -174,17 +175,17 @@ export class HttpChannel {
     try {
       response = await this.request('/api/projects');
     } catch {
-      return this.fail(1006, 'the service is unreachable over HTTP');
+      return this.fail(ABNORMAL_CLOSURE, 'the service is unreachable over HTTP');
     }
     if (!response.ok) {
       const error = await errorOf(response);
-      return this.fail(response.status === 401 ? 4401 : 1006, `${error.code}: ${error.message}`);
+      return this.fail(response.status === 401 ? CloseCode.AUTH : ABNORMAL_CLOSURE, `${error.code}: ${error.message}`);
     }
     let projects: string[];
     try {
       projects = ((await response.json()) as ProjectList).projects.map((project) => project.id);
     } catch {
-      return this.fail(1006, 'GET /api/projects answered garbage');
+      return this.fail(ABNORMAL_CLOSURE, 'GET /api/projects answered garbage');
     }
     if (this.silenced) return;
     this.authenticated = true;
@@ -243,7 +244,7 @@ export class HttpChannel {
       return true;
     }
     if (response.status === 401) {
-      this.fail(4401, 'the token was refused');
+      this.fail(CloseCode.AUTH, 'the token was refused');
       return false;
     }
     if (isTransientStatus(response.status)) {

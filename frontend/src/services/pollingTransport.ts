@@ -1,11 +1,12 @@
 // The last fallback: read each subscribed project's history every few seconds
 // (`GET /api/projects/{id}/events?after=N&limit=1000`), acks and publishes over HTTP. Plain
 // request-response, so it works through whatever lets the page load at all.
+import { CloseCode } from '../types/codes';
 import type { ClientMessage, EventPage } from '../types/websocket';
 import { errorOf, isTransientStatus } from './errors';
 import { HttpChannel, type ProjectPosition } from './httpChannel';
 import { randomId } from './platform';
-import type { Transport, TransportFactory, TransportOptions } from './transport';
+import { ABNORMAL_CLOSURE, type Transport, type TransportFactory, type TransportOptions } from './transport';
 
 export interface PollingOptions {
   fetch?: typeof fetch;
@@ -148,20 +149,20 @@ class PollingTransport implements Transport {
     try {
       response = await this.channel.request(path);
     } catch {
-      if (this.channel.open) this.channel.fail(1006, 'the history could not be read');
+      if (this.channel.open) this.channel.fail(ABNORMAL_CLOSURE, 'the history could not be read');
       return 'ended';
     }
     if (response.ok) {
       try {
         return (await response.json()) as EventPage;
       } catch {
-        this.channel.fail(1006, 'the history answered garbage');
+        this.channel.fail(ABNORMAL_CLOSURE, 'the history answered garbage');
         return 'ended';
       }
     }
     const error = await errorOf(response, projectId);
     if (response.status === 401 || isTransientStatus(response.status)) {
-      this.channel.fail(response.status === 401 ? 4401 : 1006, `${error.code}: ${error.message}`);
+      this.channel.fail(response.status === 401 ? CloseCode.AUTH : ABNORMAL_CLOSURE, `${error.code}: ${error.message}`);
       return 'ended';
     }
     if (this.projects.get(projectId) !== undefined) {

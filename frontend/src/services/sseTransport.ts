@@ -7,11 +7,12 @@
 // comment `: closed CODE: reason` (docs/protocol.md), and it can only send the token in the URL.
 // Its automatic reconnect is not wanted either: the client reconnects with its own positions.
 import { createParser } from 'eventsource-parser';
+import { CloseCode } from '../types/codes';
 import type { ClientMessage, Event } from '../types/websocket';
 import { errorOf } from './errors';
 import { HttpChannel, type ProjectPosition } from './httpChannel';
 import { randomId } from './platform';
-import type { Transport, TransportFactory, TransportOptions } from './transport';
+import { ABNORMAL_CLOSURE, type Transport, type TransportFactory, type TransportOptions } from './transport';
 
 export interface SseOptions {
   fetch?: typeof fetch;
@@ -156,7 +157,7 @@ class SseTransport implements Transport {
         // Refused on the way, or the transport ended: not flowing.
       }
       if (!this.channel.open) return;
-      if (!flowing) return this.channel.fail(1006, 'no event stream gets through');
+      if (!flowing) return this.channel.fail(ABNORMAL_CLOSURE, 'no event stream gets through');
     }
     this.welcomed = true;
     this.channel.emit({
@@ -222,7 +223,7 @@ class SseTransport implements Transport {
         signal: controller.signal,
       });
     } catch {
-      if (current()) this.channel.fail(1006, 'the event stream could not be opened');
+      if (current()) this.channel.fail(ABNORMAL_CLOSURE, 'the event stream could not be opened');
       return;
     }
     if (!current()) {
@@ -265,7 +266,7 @@ class SseTransport implements Transport {
     }
     if (!current()) return;
     const end = closed as { code: number; reason: string } | null;
-    this.channel.fail(end?.code ?? 1006, end?.reason || 'the event stream ended');
+    this.channel.fail(end?.code ?? ABNORMAL_CLOSURE, end?.reason || 'the event stream ended');
   }
 
   private received(message: SseMessage): void {
@@ -306,9 +307,9 @@ class SseTransport implements Transport {
     const error = await errorOf(response);
     const current = () => this.streams === controller && this.channel.open;
     if (!current()) return;
-    if (response.status === 401) return this.channel.fail(4401, `${error.code}: ${error.message}`);
+    if (response.status === 401) return this.channel.fail(CloseCode.AUTH, `${error.code}: ${error.message}`);
     if (![403, 404, 422].includes(response.status)) {
-      return this.channel.fail(1006, `the event stream was refused: ${error.code}: ${error.message}`);
+      return this.channel.fail(ABNORMAL_CLOSURE, `the event stream was refused: ${error.code}: ${error.message}`);
     }
     let culprits = 0;
     for (const id of ids) {
@@ -336,6 +337,6 @@ class SseTransport implements Transport {
     }
     if (!current()) return;
     if (culprits > 0) this.reopen();
-    else this.channel.fail(1006, `the event stream was refused: ${error.code}: ${error.message}`);
+    else this.channel.fail(ABNORMAL_CLOSURE, `the event stream was refused: ${error.code}: ${error.message}`);
   }
 }
