@@ -3,8 +3,8 @@
 // resume by cursor, publish over the socket, two projects apart, and a kill -9 of the service.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { memoryStorage, type KeyValueStorage } from '../src/services/platform';
 import { HeraldClient, HeraldError } from '../src/services/client';
+import { memoryStorage, type KeyValueStorage } from '../src/services/platform';
 import type { WebSocketMessage } from '../src/types/websocket';
 import { Service, until } from './service';
 

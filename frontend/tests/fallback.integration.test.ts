@@ -5,9 +5,9 @@
 import { IDBFactory } from 'fake-indexeddb';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
+import { HeraldClient, type ClientOptions } from '../src/services/client';
 import { indexedDbQueue } from '../src/services/indexedDbQueue';
 import { memoryStorage, type KeyValueStorage } from '../src/services/platform';
-import { HeraldClient, type ClientOptions } from '../src/services/client';
 import type { WebSocketLike } from '../src/services/transport';
 import type { Event, EventPage, TransportKind, WebSocketMessage } from '../src/types/websocket';
 import { fakePlatform } from './fakes';

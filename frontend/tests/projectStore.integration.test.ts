@@ -4,8 +4,8 @@
 // the client runs on SSE, then polls, then comes back) ends with every project equal to the
 // server's fold of its log.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { memoryStorage } from '../src/services/platform';
 import { HeraldClient } from '../src/services/client';
+import { memoryStorage } from '../src/services/platform';
 import { createProjectStore, fromSnapshot, type Project } from '../src/store/projectStore';
 import type { EventType, OutgoingMessage, ProjectState } from '../src/types/websocket';
 import { fakePlatform } from './fakes';

@@ -3,8 +3,8 @@ import { act, cleanup, render, renderHook, screen } from '@testing-library/react
 import { StrictMode, type ReactNode } from 'react';
 import { afterEach, describe, expect, it } from 'vitest';
 import { event, fakePlatform, fakeSockets } from '../../tests/fakes';
-import { memoryStorage } from '../services/platform';
 import { HeraldClient } from '../services/client';
+import { memoryStorage } from '../services/platform';
 import { HeraldContext, useSubscription, useWebSocket } from './useWebSocket';
 
 afterEach(cleanup);

@@ -5,8 +5,8 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { event, fakePlatform, fakeSockets, fakeTransports, settle } from '../../tests/fakes';
 import type { TransportKind, WebSocketMessage } from '../types/websocket';
-import { memoryStorage } from './platform';
 import { HeraldClient, type ClientOptions } from './client';
+import { memoryStorage } from './platform';
 
 function setup(options: Partial<ClientOptions> = {}) {
   const ws = fakeSockets();

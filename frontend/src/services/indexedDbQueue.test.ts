@@ -6,9 +6,9 @@ import { IDBFactory } from 'fake-indexeddb';
 import { describe, expect, it, vi } from 'vitest';
 import { fakePlatform, fakeSockets, settle } from '../../tests/fakes';
 import type { ErrorMessage, PublishMessage, PublishedMessage } from '../types/websocket';
+import { HeraldClient } from './client';
 import { indexedDbQueue } from './indexedDbQueue';
 import { memoryStorage } from './platform';
-import { HeraldClient } from './client';
 
 const publish = (messageId: string, projectId = 'p1'): PublishMessage & { messageId: string } => ({
   type: 'agent_run_progress',
