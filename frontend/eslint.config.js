@@ -9,6 +9,19 @@ export default defineConfig([
   tseslint.configs.recommended,
   reactHooks.configs.flat.recommended,
   {
+    // The client and the store's core are framework-free; React binds to them in hooks/ and store/react.ts.
+    files: ['src/services/**/*.ts', 'src/store/projectStore.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          paths: ['react', 'react-dom', 'zustand'],
+          patterns: ['react/*', 'react-dom/*', 'zustand/react', 'zustand/react/*'],
+        },
+      ],
+    },
+  },
+  {
     // Build scripts run in Node.
     files: ['scripts/**/*.mjs'],
     languageOptions: { globals: { process: 'readonly', console: 'readonly' } },

@@ -14,9 +14,10 @@ import { ProjectPage } from './components/project/ProjectPage';
 import { useProjectList } from './components/useProjectList';
 import { HeraldContext } from './hooks/useWebSocket';
 import { useRoute } from './route';
-import { indexedDbQueue } from './services/indexedDbQueue';
 import { createClient, type ClientOptions } from './services/client';
-import { ProjectStoreContext, createProjectStore } from './store/projectStore';
+import { indexedDbQueue } from './services/indexedDbQueue';
+import { createProjectStore } from './store/projectStore';
+import { ProjectStoreContext } from './store/react';
 
 interface Auth {
   token: string | null;

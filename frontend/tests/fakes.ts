@@ -9,11 +9,13 @@ import type {
   TransportOptions,
   WebSocketLike,
 } from '../src/services/transport';
+import type { ProjectSource } from '../src/store/projectStore';
 import type {
   AgentRunProgress,
   ClientMessage,
   Event,
   EventPage,
+  ProjectState,
   ServerMessage,
   TransportKind,
   WebSocketMessage,
@@ -180,6 +182,49 @@ export function connectedClient(options: Partial<ClientOptions> = {}) {
   env.fake.last.accept();
   return env;
 }
+
+/** A pr_notification event of project p1 at `seq`, about pull request `number`. */
+export const prEvent = (seq: number, number = 1): Event => ({
+  type: 'pr_notification',
+  projectId: 'p1',
+  seq,
+  messageId: `m${seq}`,
+  timestamp: 't',
+  data: { action: 'opened', number, title: 't', url: 'u', repo: 'octo/demo', headSha: 'h' },
+});
+
+/**
+ * A stand-in for the client, as the project store sees it: `readState` answers `snapshot(projectId)`,
+ * `deliver(event)` hands an event to the store; the other verbs are spies.
+ */
+export function fakeProjectSource(snapshot: (projectId: string) => Promise<ProjectState>) {
+  const listeners = new Set<(message: WebSocketMessage) => void>();
+  const client = {
+    on: vi.fn((type: string, listener: (message: WebSocketMessage) => void) => {
+      if (type === 'message') listeners.add(listener);
+      return () => void listeners.delete(listener);
+    }),
+    subscribe: vi.fn(),
+    unsubscribe: vi.fn(),
+    readState: vi.fn(async (projectId: string) => snapshot(projectId)),
+    readEvents: vi.fn(async (): Promise<Event[]> => []),
+    position: vi.fn((): number | null => null),
+  };
+  const deliver = (event: Event) => {
+    for (const listener of listeners) listener(event as unknown as WebSocketMessage);
+  };
+  return { client, source: client as unknown as ProjectSource, deliver, listeners };
+}
+
+/** Project p1's state snapshot at `seq`, with these notifications (the first also its pull request). */
+export const projectState = (seq: number, notifications: Event[] = []): ProjectState => ({
+  projectId: 'p1',
+  seq,
+  agentRuns: [],
+  pullRequests: notifications.slice(0, 1),
+  validations: [],
+  notifications,
+});
 
 /** A transport the test drives by hand, as `FakeSocket` is a socket: `open()`, `receive()`, `drop()`. */
 export class FakeTransport implements Transport {

@@ -1,8 +1,8 @@
 // The project store: every handler idempotent and order-safe (any order of the same events, with
 // replays, folds to the server's fold), snapshot + live = the fold of the whole log, the store's
-// load/subscribe/unload cycle, unread counts, the selectors, and the React binding.
-import { act, cleanup, render, screen } from '@testing-library/react';
-import { afterEach, describe, expect, it, vi } from 'vitest';
+// load/subscribe/unload cycle, unread counts, and the selectors. react.test.tsx covers the hooks.
+import { describe, expect, it, vi } from 'vitest';
+import { fakeProjectSource, prEvent, projectState } from '../../tests/fakes';
 import { HeraldError } from '../services/errors';
 import { memoryStorage } from '../services/platform';
 import type { Event, ProjectState, WebSocketMessage } from '../types/websocket';
@@ -14,15 +14,9 @@ import {
   handlers,
   runsByActivity,
   totalUnread,
-  ProjectStoreContext,
-  useProject,
-  useProjectStore,
   validationsByPullRequest,
   type Project,
-  type ProjectSource,
 } from './projectStore';
-
-afterEach(cleanup);
 
 // --- a log, and the server's fold of it written out plainly (service/state.py) ---------------------
 
@@ -153,47 +147,10 @@ describe('the fold', () => {
 
 // --- the store ------------------------------------------------------------------------------------
 
-const pr = (seq: number, number = 1): Event => ({
-  type: 'pr_notification',
-  projectId: 'p1',
-  seq,
-  messageId: `m${seq}`,
-  timestamp: 't',
-  data: { action: 'opened', number, title: 't', url: 'u', repo: 'octo/demo', headSha: 'h' },
-});
-
-function fakeClient(snapshot: (projectId: string) => Promise<ProjectState>) {
-  const listeners = new Set<(message: WebSocketMessage) => void>();
-  const client = {
-    on: vi.fn((type: string, listener: (message: WebSocketMessage) => void) => {
-      if (type === 'message') listeners.add(listener);
-      return () => void listeners.delete(listener);
-    }),
-    subscribe: vi.fn(),
-    unsubscribe: vi.fn(),
-    readState: vi.fn(async (projectId: string) => snapshot(projectId)),
-    readEvents: vi.fn(async (): Promise<Event[]> => []),
-    position: vi.fn((): number | null => null),
-  };
-  const deliver = (event: Event) => {
-    for (const listener of listeners) listener(event as unknown as WebSocketMessage);
-  };
-  return { client, source: client as unknown as ProjectSource, deliver, listeners };
-}
-
-const state = (seq: number, notifications: Event[] = []): ProjectState => ({
-  projectId: 'p1',
-  seq,
-  agentRuns: [],
-  pullRequests: notifications.slice(0, 1),
-  validations: [],
-  notifications,
-});
-
 describe('the store', () => {
   it('loads the snapshot, subscribes from its seq, folds live events, and unloads (counted)', async () => {
     let release: (snapshot: ProjectState) => void = () => {};
-    const { client, source, deliver, listeners } = fakeClient(
+    const { client, source, deliver, listeners } = fakeProjectSource(
       () => new Promise<ProjectState>((resolve) => (release = resolve)),
     );
     const store = createProjectStore({ client: source, limit: 10, storage: memoryStorage() });
@@ -202,15 +159,15 @@ describe('the store', () => {
     expect(client.readState).toHaveBeenCalledTimes(1);
     expect(client.readState).toHaveBeenCalledWith('p1', 10);
     expect(store.getState().projects.p1.status).toBe('loading');
-    deliver(pr(6)); // already subscribed by someone else: held until the snapshot is in
-    release(state(5, [pr(5)]));
+    deliver(prEvent(6)); // already subscribed by someone else: held until the snapshot is in
+    release(projectState(5, [prEvent(5)]));
     await loading;
     expect(client.subscribe).toHaveBeenCalledWith('p1', { after: 5 });
     expect(store.getState().projects.p1).toMatchObject({ status: 'ready', seq: 6 });
     expect(store.getState().projects.p1.notifications.map((n) => n.seq)).toEqual([6, 5]);
-    deliver(pr(7, 2));
-    deliver(pr(7, 2));
-    deliver({ ...pr(1), projectId: 'other' }); // not loaded: ignored
+    deliver(prEvent(7, 2));
+    deliver(prEvent(7, 2));
+    deliver({ ...prEvent(1), projectId: 'other' }); // not loaded: ignored
     expect(store.getState().projects.p1.pullRequests.map((p) => p.seq)).toEqual([7, 6]);
 
     store.getState().unloadProject('p1');
@@ -223,9 +180,9 @@ describe('the store', () => {
   });
 
   it('reads the gap when the client was already past the snapshot', async () => {
-    const { client, source } = fakeClient(async () => state(5));
+    const { client, source } = fakeProjectSource(async () => projectState(5));
     client.position.mockReturnValue(8);
-    client.readEvents.mockResolvedValue([pr(6), pr(7), pr(8)]);
+    client.readEvents.mockResolvedValue([prEvent(6), prEvent(7), prEvent(8)]);
     const store = createProjectStore({ client: source, storage: memoryStorage() });
     await store.getState().loadProject('p1');
     await vi.waitFor(() => expect(store.getState().projects.p1.seq).toBe(8));
@@ -234,11 +191,11 @@ describe('the store', () => {
 
   it('asks again for a snapshot that cannot be read, and stops at a refusal', async () => {
     let calls = 0;
-    const { source } = fakeClient(async (projectId) => {
+    const { source } = fakeProjectSource(async (projectId) => {
       calls += 1;
       if (projectId === 'nope') throw new HeraldError('forbidden', 'not granted', projectId, 403);
       if (calls < 3) throw new TypeError('fetch failed');
-      return state(2);
+      return projectState(2);
     });
     const store = createProjectStore({ client: source, storage: memoryStorage(), minRetryDelayMs: 1, maxRetryDelayMs: 2 });
     await store.getState().loadProject('p1');
@@ -250,20 +207,20 @@ describe('the store', () => {
 
   it('counts unread notifications from the first load on, and keeps markRead across reloads', async () => {
     const storage = memoryStorage();
-    const first = fakeClient(async () => state(5, [pr(5), pr(3)]));
+    const first = fakeProjectSource(async () => projectState(5, [prEvent(5), prEvent(3)]));
     const store = createProjectStore({ client: first.source, storage });
     await store.getState().loadProject('p1');
     expect(store.getState().projects.p1).toMatchObject({ unread: 0, readSeq: 5 }); // a first visit: all read
-    first.deliver(pr(6));
-    first.deliver(pr(7, 2));
-    first.deliver(pr(7, 2));
+    first.deliver(prEvent(6));
+    first.deliver(prEvent(7, 2));
+    first.deliver(prEvent(7, 2));
     expect(store.getState().projects.p1.unread).toBe(2);
     expect(totalUnread(store.getState())).toBe(2);
     store.getState().markRead('p1');
     expect(store.getState().projects.p1).toMatchObject({ unread: 0, readSeq: 7 });
-    first.deliver(pr(8));
+    first.deliver(prEvent(8));
 
-    const second = fakeClient(async () => state(9, [pr(9), pr(8), pr(7)]));
+    const second = fakeProjectSource(async () => projectState(9, [prEvent(9), prEvent(8), prEvent(7)]));
     const reloaded = createProjectStore({ client: second.source, storage });
     await reloaded.getState().loadProject('p1');
     expect(reloaded.getState().projects.p1).toMatchObject({ unread: 2, readSeq: 7 });
@@ -299,33 +256,5 @@ describe('selectors', () => {
     expect(byPr.get('octo/demo#1')?.map((v) => v.seq)).toEqual([7]); // its head's, not h0's
     expect(byPr.get('octo/demo#2')?.map((v) => v.seq)).toEqual([9]); // no head known: by number
     expect(validationsByPullRequest(project)).toBe(byPr);
-  });
-});
-
-describe('useProject and useProjectStore', () => {
-  it('loads the project while mounted, re-renders on its events, and unloads on unmount', async () => {
-    const { client, source, deliver } = fakeClient(async () => state(1, [pr(1)]));
-    const store = createProjectStore({ client: source, storage: memoryStorage() });
-    function Card() {
-      const project = useProject('p1', store);
-      return <p role="status">{project === undefined ? 'none' : `${project.status} ${project.notifications.length}`}</p>;
-    }
-    function Badge() {
-      return <p role="note">{useProjectStore(totalUnread)} unread</p>;
-    }
-    const { unmount } = render(
-      <ProjectStoreContext value={store}>
-        <Card />
-        <Badge />
-      </ProjectStoreContext>,
-    );
-    await vi.waitFor(() => expect(screen.getByRole('status').textContent).toBe('ready 1'));
-    expect(screen.getByRole('note').textContent).toBe('0 unread');
-    act(() => deliver(pr(2)));
-    expect(screen.getByRole('status').textContent).toBe('ready 2');
-    expect(screen.getByRole('note').textContent).toBe('1 unread');
-    unmount();
-    expect(client.unsubscribe).toHaveBeenCalledWith('p1');
-    expect(store.getState().projects.p1).toBeUndefined();
   });
 });

@@ -1,19 +1,17 @@
 // The dashboard's state: one Project per loaded project, started from the state snapshot
 // (`GET /api/projects/{id}/state`) and kept current by the live events from `after = snapshot.seq`.
-// A zustand vanilla store (framework-agnostic); React reads it through useProjectStore.
+// A zustand vanilla store, framework-agnostic; React reads it through store/react.ts.
 //
 // The fold is the server's (service/state.py, docs/protocol.md "The state snapshot"): each list
 // holds the latest event of each subject, newest first, at most `limit` of them; `notifications`
 // holds the latest pr_notification events. Every handler is idempotent and order-safe: an item is
 // replaced only by an event of its subject with a higher seq, so a replayed or late event changes
 // nothing, and any order of the same events folds to the same Project.
-import { createContext, useContext, useEffect } from 'react';
-import { useStore } from 'zustand';
 import { createStore, type StoreApi } from 'zustand/vanilla';
 import { backoff } from '../services/backoff';
+import type { HeraldClient } from '../services/client';
 import { HeraldError } from '../services/errors';
 import { browserStorage, type KeyValueStorage } from '../services/platform';
-import type { HeraldClient } from '../services/client';
 import type { Event, EventType, ProjectState, WebSocketMessage } from '../types/websocket';
 
 /** An agent run: its latest `agent_run_progress` event (the run is `data.runId`). */
@@ -383,38 +381,4 @@ export function createProjectStore(options: ProjectStoreOptions): ProjectStore {
       }
     },
   };
-}
-
-// --- React ---------------------------------------------------------------------------------------
-
-/** Provides the app's store: `<ProjectStoreContext value={store}>…</ProjectStoreContext>`. */
-export const ProjectStoreContext = createContext<ProjectStore | null>(null);
-
-function useChosenStore(store: ProjectStore | undefined): ProjectStore {
-  const provided = useContext(ProjectStoreContext);
-  const chosen = store ?? provided;
-  if (chosen === null) {
-    throw new Error('useProjectStore: pass a store or render inside <ProjectStoreContext value={store}>');
-  }
-  return chosen;
-}
-
-/**
- * The store's state through `selector` (re-rendering when its result changes by identity): pass
- * selectors that return stored objects or primitives, or the memoized ones above.
- */
-export function useProjectStore<T>(selector: (state: ProjectStoreState) => T, store?: ProjectStore): T {
-  return useStore(useChosenStore(store), selector);
-}
-
-/** Keeps the project loaded while the component is mounted, and returns it (undefined before). */
-export function useProject(projectId: string, store?: ProjectStore): Project | undefined {
-  const chosen = useChosenStore(store);
-  useEffect(() => {
-    chosen.getState().loadProject(projectId).catch(() => {
-      // The project's status says it: 'error'.
-    });
-    return () => chosen.getState().unloadProject(projectId);
-  }, [chosen, projectId]);
-  return useStore(chosen, (state) => state.projects[projectId]);
 }

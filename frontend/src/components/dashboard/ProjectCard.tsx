@@ -4,14 +4,8 @@
 import { useState, type ReactNode } from 'react';
 import type { ProjectInfo } from '../../api';
 import { projectPath } from '../../route';
-import {
-  pullRequestKey,
-  runsByActivity,
-  useProject,
-  useProjectStore,
-  validationsByPullRequest,
-  type Project,
-} from '../../store/projectStore';
+import { pullRequestKey, runsByActivity, validationsByPullRequest, type Project } from '../../store/projectStore';
+import { useProject, useProjectStore } from '../../store/react';
 import { Icon } from '../Icon';
 import { Link } from '../Link';
 import { AgentRunList } from './AgentRunList';

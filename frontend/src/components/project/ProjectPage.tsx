@@ -3,7 +3,7 @@
 import { useContext, useEffect } from 'react';
 import type { ProjectInfo } from '../../api';
 import { HeraldContext } from '../../hooks/useWebSocket';
-import { useProject, useProjectStore } from '../../store/projectStore';
+import { useProject, useProjectStore } from '../../store/react';
 import { EmptyState } from '../EmptyState';
 import { ErrorBoundary } from '../ErrorBoundary';
 import { Icon } from '../Icon';
