@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { event, fakePlatform, fakeSockets } from '../../tests/fakes';
 import { HeraldClient } from '../services/client';
 import { memoryStorage } from '../services/platform';
-import { HeraldContext, useSubscription, useWebSocket } from './useWebSocket';
+import { HeraldContext, useConnectionState, useSubscription, useWebSocket } from './useWebSocket';
 
 afterEach(cleanup);
 
@@ -96,6 +96,28 @@ describe('useWebSocket', () => {
 
   it('needs a client', () => {
     expect(() => renderHook(() => useWebSocket())).toThrow(/pass a client/);
+  });
+});
+
+describe('useConnectionState', () => {
+  it('is the state without lastMessage, and the same object until a field of it changes', () => {
+    const { client, fake } = makeClient();
+    const { result } = renderHook(() => useConnectionState(client));
+    act(() => {
+      client.connect();
+      fake.last.accept();
+      client.subscribe('p1');
+      fake.last.receive({ type: 'subscribed', projectId: 'p1', after: 0, head: 0 });
+    });
+    const connected = result.current;
+    expect(connected).toMatchObject({ status: 'connected', transport: 'websocket', queued: 0 });
+    expect('lastMessage' in connected).toBe(false);
+    act(() => fake.last.receive(event('p1', 1)));
+    expect(client.getState().lastMessage?.seq).toBe(1);
+    expect(result.current).toBe(connected);
+    act(() => fake.last.drop(1006));
+    expect(result.current).toMatchObject({ status: 'connecting', reconnectAttempts: 1 });
+    act(() => client.close());
   });
 });
 

@@ -1,8 +1,9 @@
 // React's view of the client: state through useSyncExternalStore, verbs passed through. No
 // connection logic lives here; the client (services/client.ts) owns all of it.
 import { createContext, useContext, useEffect, useMemo, useSyncExternalStore } from 'react';
+import { useShallow } from 'zustand/react/shallow';
 import type { HeraldClient } from '../services/client';
-import type { SubscribeOptions, UseWebSocketReturn } from '../types/websocket';
+import type { ConnectionState, SubscribeOptions, UseWebSocketReturn, WebSocketState } from '../types/websocket';
 
 /** Provides the app's one client: `<HeraldContext value={client}>…</HeraldContext>`. */
 export const HeraldContext = createContext<HeraldClient | null>(null);
@@ -16,7 +17,7 @@ function useClient(client: HeraldClient | undefined): HeraldClient {
   return chosen;
 }
 
-/** The client's state (re-rendering on every change) and its verbs. */
+/** The client's state (re-rendering on every change, every event included) and its verbs. */
 export function useWebSocket(client?: HeraldClient): UseWebSocketReturn {
   const chosen = useClient(client);
   const state = useSyncExternalStore(chosen.subscribeState, chosen.getState, chosen.getState);
@@ -29,6 +30,23 @@ export function useWebSocket(client?: HeraldClient): UseWebSocketReturn {
     }),
     [state, chosen],
   );
+}
+
+// Every field but `lastMessage`, named: a field added to the state is a type error here until chosen.
+function connectionOf(state: WebSocketState): ConnectionState {
+  const { status, error, reconnectAttempts, transport, pollIntervalMs, nextRetryAt, queued, online } = state;
+  return { status, error, reconnectAttempts, transport, pollIntervalMs, nextRetryAt, queued, online };
+}
+
+/**
+ * The client's state without `lastMessage`, re-rendering only when one of its fields changes (a
+ * shallow comparison): for what shows the connection, which an incoming event must not re-render.
+ */
+export function useConnectionState(client?: HeraldClient): ConnectionState {
+  const chosen = useClient(client);
+  const select = useShallow(connectionOf);
+  const snapshot = () => select(chosen.getState());
+  return useSyncExternalStore(chosen.subscribeState, snapshot, snapshot);
 }
 
 /**

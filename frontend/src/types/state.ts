@@ -38,6 +38,12 @@ export interface WebSocketState {
 }
 
 /**
+ * The state without `lastMessage`: everything a connection indicator shows, and nothing that changes
+ * with every event (useConnectionState re-renders only when this changes).
+ */
+export type ConnectionState = Omit<WebSocketState, 'lastMessage'>;
+
+/**
  * A publish: an event without the fields the service assigns. An event the client holds (a
  * `WebSocketMessage`) is one too: its `seq` and `timestamp` are ignored, its `messageId` kept.
  */

@@ -1,12 +1,12 @@
 // Says so when updates are not live: the client fell back to polling (no WebSocket, no SSE), or it
 // stopped on an error. The connection indicator carries the rest.
 import { useContext } from 'react';
-import { HeraldContext, useWebSocket } from '../../hooks/useWebSocket';
+import { HeraldContext, useConnectionState } from '../../hooks/useWebSocket';
 import { Icon } from '../Icon';
 
 export function ConnectionBanner() {
   const client = useContext(HeraldContext);
-  const { state } = useWebSocket();
+  const state = useConnectionState();
   if (state.status === 'connected' && state.transport === 'polling') {
     const every = state.pollIntervalMs === null ? '' : ` every ${Math.round(state.pollIntervalMs / 1000)} s`;
     return (

@@ -1,7 +1,17 @@
-// What the connection indicator says for each state of the client (docs/client.md, "States").
-import { describe, expect, it } from 'vitest';
+// What the connection indicator says for each state of the client (docs/client.md, "States"), and
+// that the events streaming past do not re-render it.
+import { act, cleanup, render, screen } from '@testing-library/react';
+import { Profiler } from 'react';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { event, socketClient } from '../../../tests/fakes';
+import { HeraldContext } from '../../hooks/useWebSocket';
 import type { WebSocketState } from '../../types/websocket';
-import { describeConnection } from './ConnectionIndicator';
+import { ConnectionIndicator, describeConnection } from './ConnectionIndicator';
+
+afterEach(() => {
+  cleanup();
+  vi.useRealTimers();
+});
 
 const NOW = 1_000_000;
 
@@ -31,5 +41,40 @@ describe('describeConnection', () => {
     expect(said({ status: 'error', error: 'connection closed (4401: token expired)' })).toBe(
       'error | Error: connection closed (4401: token expired)',
     );
+  });
+});
+
+describe('ConnectionIndicator', () => {
+  it('renders again when the connection changes, not when an event arrives', () => {
+    vi.useFakeTimers(); // the indicator's one-second clock stands still: only the client renders it
+    const { client, fake } = socketClient();
+    let renders = 0;
+    render(
+      <HeraldContext value={client}>
+        <Profiler id="indicator" onRender={() => (renders += 1)}>
+          <ConnectionIndicator />
+        </Profiler>
+      </HeraldContext>,
+    );
+    act(() => {
+      client.connect();
+      fake.last.accept();
+      client.subscribe('p1');
+      fake.last.receive({ type: 'subscribed', projectId: 'p1', after: 0, head: 0 });
+    });
+    expect(screen.getByRole('status').dataset.connection).toBe('connected');
+    const settled = renders;
+
+    act(() => {
+      for (let seq = 1; seq <= 5; seq += 1) fake.last.receive(event('p1', seq));
+    });
+    expect(client.getState().lastMessage?.seq).toBe(5); // the client's state did change, five times
+    expect(renders).toBe(settled);
+
+    act(() => {
+      void client.sendMessage({ type: 'agent_run_progress', projectId: 'p1', data: event('p1', 6).data });
+    });
+    expect(screen.getByRole('status').dataset.queued).toBe('1');
+    expect(renders).toBe(settled + 1);
   });
 });

@@ -1,6 +1,7 @@
-// The connection, always in view: derived from the client's state alone (docs/client.md, "States").
-import { useWebSocket } from '../../hooks/useWebSocket';
-import type { TransportKind, WebSocketState } from '../../types/websocket';
+// The connection, always in view: derived from the client's state alone (docs/client.md, "States"),
+// without `lastMessage`, so that events stream past without re-rendering it.
+import { useConnectionState } from '../../hooks/useWebSocket';
+import type { ConnectionState, TransportKind } from '../../types/websocket';
 import { Icon, type IconName } from '../Icon';
 import { useNow } from '../RelativeTime';
 
@@ -20,7 +21,7 @@ export interface ConnectionView {
 
 const TRANSPORT_NAMES: Record<TransportKind, string> = { websocket: 'WebSocket', sse: 'SSE', polling: 'polling' };
 
-function transportText(state: WebSocketState, connected: boolean): string {
+function transportText(state: ConnectionState, connected: boolean): string {
   if (state.transport === null) return '';
   const name = TRANSPORT_NAMES[state.transport];
   if (!connected) return `trying ${name}`;
@@ -31,7 +32,7 @@ function transportText(state: WebSocketState, connected: boolean): string {
 }
 
 /** What the indicator says about `state` at time `now`. */
-export function describeConnection(state: WebSocketState, now: number): ConnectionView {
+export function describeConnection(state: ConnectionState, now: number): ConnectionView {
   const queued = state.queued > 0 ? `${state.queued} queued` : '';
   const reason = state.error ?? '';
   const view = (kind: ConnectionKind, label: string, transport = ''): ConnectionView => ({ kind, label, transport, queued, reason });
@@ -63,7 +64,7 @@ const ICONS: Record<ConnectionKind, IconName> = {
 };
 
 export function ConnectionIndicator() {
-  const { state } = useWebSocket();
+  const state = useConnectionState();
   const now = useNow();
   const view = describeConnection(state, now);
   return (
