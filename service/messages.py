@@ -3,7 +3,7 @@
 The HTTP API, the WebSocket protocol, `python -m service schema` and the generated TypeScript types
 all come from the models below. Field names are snake_case in Python and camelCase on the wire.
 
-Event data is strict on purpose (PROTOCOL.md §2): unknown fields are rejected, nothing is coerced
+Event data is strict on purpose (docs/protocol.md §2): unknown fields are rejected, nothing is coerced
 ("7" is not an int, true is not a number), and `null` counts as absent for optional fields. A
 dashboard that trusts the log should never have to second-guess its shape.
 """
@@ -442,4 +442,10 @@ def json_schema() -> dict[str, Any]:
         # For generated clients: which $def is each event type's `data`, and the codes of codes.py.
         "x-herald-event-data": {name: model.__name__ for name, model in DATA_MODELS.items()},
         "x-herald-codes": codes.table(),
+        # The size limits a client must respect: past them the service refuses (1009, 413, 422).
+        "x-herald-limits": {
+            "maxMessageBytes": MAX_MESSAGE_BYTES,
+            "maxBatch": MAX_BATCH,
+            "maxBatchBytes": MAX_BATCH_BYTES,
+        },
     }

@@ -1,6 +1,7 @@
 // Generates the TypeScript wire types from the service's JSON Schema (`python -m service schema`):
 //   src/types/websocket.ts  every model of service/messages.py, plus the typed event envelope
-//   src/types/codes.ts      the error codes, close codes and retry policy of service/codes.py
+//   src/types/codes.ts      the error codes, close codes and retry policy of service/codes.py, and the
+//                           size limits of service/messages.py
 // `npm run gen:types` writes them; src/types/generated.test.ts fails when the committed files drift.
 // The Python interpreter is ../.venv/bin/python unless HERALD_PYTHON names another.
 import { execFileSync } from 'node:child_process';
@@ -92,6 +93,7 @@ async function websocketTs(schema) {
 
 function codesTs(schema) {
   const codes = schema['x-herald-codes'];
+  const limits = schema['x-herald-limits'];
   const closeCodes = Object.entries(codes.closeCodes)
     .map(([name, code]) => `  ${name}: ${code},\n`)
     .join('');
@@ -99,7 +101,7 @@ function codesTs(schema) {
   const list = (values) => values.map(quote).join(', ');
   const lines = (values) => values.map((value) => `  ${quote(value)},\n`).join('');
   return [
-    BANNER('service/codes.py'),
+    BANNER('service/codes.py and service/messages.py'),
     '\n',
     '/** The `error` of an HTTP error body and the `code` of a WebSocket `error` frame. */\n',
     `export const ERROR_CODES = [\n${lines(codes.errorCodes)}] as const;\n`,
@@ -110,7 +112,12 @@ function codesTs(schema) {
     '/** Reconnecting cannot help until something changes (a new token, another origin, a smaller message). */\n',
     `export const TERMINAL_CLOSE_CODES: ReadonlySet<number> = new Set([${list(codes.terminalCloseCodes)}]);\n\n`,
     '/** Reconnect with backoff and resume by cursor: nothing is lost. */\n',
-    `export const RETRY_CLOSE_CODES: ReadonlySet<number> = new Set([${list(codes.retryCloseCodes)}]);\n`,
+    `export const RETRY_CLOSE_CODES: ReadonlySet<number> = new Set([${list(codes.retryCloseCodes)}]);\n\n`,
+    '/** A WebSocket message (or an HTTP publish body) over this many bytes is refused: 1009, or 413. */\n',
+    `export const MAX_MESSAGE_BYTES = ${limits.maxMessageBytes};\n\n`,
+    '/** At most this many events in one batch publish, in a body of at most MAX_BATCH_BYTES. */\n',
+    `export const MAX_BATCH = ${limits.maxBatch};\n`,
+    `export const MAX_BATCH_BYTES = ${limits.maxBatchBytes};\n`,
   ].join('');
 }
 

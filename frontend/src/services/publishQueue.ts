@@ -3,19 +3,12 @@
 // settled by that answer: `published` resolves its promise; an `error` naming its messageId rejects
 // it, except `unavailable` and `rate_limited`, which say "not now": it goes again with backoff.
 // Resending is safe because the service appends one event per messageId (docs/client.md).
-import type { ErrorCode } from '../types/codes';
+import { MAX_MESSAGE_BYTES, type ErrorCode } from '../types/codes';
 import type { ClientMessage, ErrorMessage, PublishMessage, PublishedMessage } from '../types/websocket';
 import type { OutgoingMessage } from '../types/state';
 import { HeraldError } from './errors';
 import { randomId } from './platform';
 import type { SendQueue } from './sendQueue';
-
-/**
- * A publish over this closes the connection with 1009 (docs/protocol.md §2; the service's
- * MAX_MESSAGE_BYTES in service/messages.py), and 1009 is terminal: so one is refused before it is
- * queued, where it would fail every connection. The schema does not carry it yet, hence this copy.
- */
-const MAX_MESSAGE_BYTES = 64 * 1024;
 
 /** `error` codes of a publish that say "not now" rather than "no": it stays queued and goes again. */
 const TRANSIENT_PUBLISH_ERRORS: ReadonlySet<string> = new Set(['unavailable', 'rate_limited'] satisfies ErrorCode[]);
@@ -79,6 +72,8 @@ export class PublishQueue {
       data: message.data,
       messageId,
     };
+    // Over the limit the service closes with 1009, which is terminal: refuse it here rather than
+    // queue a message that would fail every connection.
     if (new TextEncoder().encode(JSON.stringify(frame)).length > MAX_MESSAGE_BYTES) {
       const limit = `${MAX_MESSAGE_BYTES / 1024} KiB`;
       return Promise.reject(new HeraldError('too_large', `a publish is at most ${limit}`, messageId));

@@ -1,4 +1,4 @@
-// Generated from service/codes.py by frontend/scripts/gen-types.mjs. Do not edit: run `npm run gen:types`.
+// Generated from service/codes.py and service/messages.py by frontend/scripts/gen-types.mjs. Do not edit: run `npm run gen:types`.
 
 /** The `error` of an HTTP error body and the `code` of a WebSocket `error` frame. */
 export const ERROR_CODES = [
@@ -38,3 +38,10 @@ export const TERMINAL_CLOSE_CODES: ReadonlySet<number> = new Set([1009, 4401, 44
 
 /** Reconnect with backoff and resume by cursor: nothing is lost. */
 export const RETRY_CLOSE_CODES: ReadonlySet<number> = new Set([1001, 1008, 1012, 4408, 4429]);
+
+/** A WebSocket message (or an HTTP publish body) over this many bytes is refused: 1009, or 413. */
+export const MAX_MESSAGE_BYTES = 65536;
+
+/** At most this many events in one batch publish, in a body of at most MAX_BATCH_BYTES. */
+export const MAX_BATCH = 1000;
+export const MAX_BATCH_BYTES = 1048576;
