@@ -4,7 +4,7 @@ gaps and exactly-once per client after dedupe, and prints the counts.
 
     .venv/bin/python bench/soak.py [--minutes 10] [--subscribers 16] [--publishers 4] [--projects 4]
 
-Publishers publish over HTTP as a careful producer does (PROTOCOL.md §6): every event has its messageId
+Publishers publish over HTTP as a careful producer does (docs/protocol.md §6): every event has its messageId
 before the first attempt; a dropped connection or a 503 means "unknown", so it retries the same
 messageId through the other instance until an answer comes. Subscribers are WebSocket clients that
 survive anything: after any drop they reconnect to a random instance and resume (from their own last

@@ -51,7 +51,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
 
 
 class CloseCode(IntEnum):
-    """WebSocket close codes of PROTOCOL.md §4."""
+    """WebSocket close codes of docs/protocol.md §4."""
 
     GOING_AWAY = 1001
     POLICY_VIOLATION = 1008  # inbound rate limit exceeded persistently

@@ -1,7 +1,9 @@
-"""Durable per-client cursors: how far each (user, clientId) has acknowledged each project.
+"""Durable per-client cursors: how far each (user, clientId) has acknowledged each project, and where
+a client that comes back resumes.
 
 A cursor only moves forward (an ack is cumulative, and an older ack arriving late changes nothing).
-A client that resumes without an explicit position starts right after its cursor. See docs/delivery.md.
+A client that resumes without an explicit position starts right after its cursor (`resume_point`,
+the one place that rule lives). See docs/delivery.md.
 """
 
 from __future__ import annotations
@@ -22,6 +24,33 @@ from .eventlog import head as project_head
 from .messages import format_timestamp
 
 logger = logging.getLogger("herald.cursors")
+
+
+class PositionBeyondHead(Exception):
+    """A subscription asked to start after a seq the project has not reached."""
+
+    def __init__(self, seq: int, head: int) -> None:
+        super().__init__(f"position {seq} is beyond the project's head {head}")
+        self.seq = seq
+        self.head = head
+
+
+def resume_point(*, after: int | None, cursor: int | None, head: int) -> int:
+    """Where a subscription starts: the seq after which its events follow (docs/protocol.md §4, §5).
+
+    After the position the client asked for (`after`, or SSE's `Last-Event-ID`), which may not be
+    beyond the head (PositionBeyondHead); else after the client's durable cursor (capped at the head,
+    a guard: acks are checked against the head, so only a log restored from an older backup could be
+    behind its cursors); else at the head, so that a client with no position and no cursor gets new
+    events only.
+    """
+    if after is not None:
+        if after > head:
+            raise PositionBeyondHead(after, head)
+        return after
+    if cursor is not None:
+        return min(cursor, head)
+    return head
 
 
 class AckBeyondHead(Exception):
@@ -100,7 +129,7 @@ class AckBuffer:
 
     Acks can arrive for every event; writing each would cost a transaction per event per client.
     Holding the highest seq per cursor and writing them together costs one round trip per interval.
-    PROTOCOL.md §6: after a crash, events acked in that last interval may come again (dedupe by seq
+    docs/protocol.md §6: after a crash, events acked in that last interval may come again (dedupe by seq
     absorbs them); after a clean disconnect or shutdown, nothing acked comes again.
     """
 
@@ -117,6 +146,13 @@ class AckBuffer:
     def peek(self, *, project_id: str, user: str, client_id: str) -> int | None:
         """The highest ack not yet persisted for this cursor, if any."""
         return self._pending.get((project_id, user, client_id))
+
+    async def cursor(self, conn: asyncpg.Connection, *, project_id: str, user: str, client_id: str) -> int | None:
+        """The cursor as this process knows it: the durable one, or a newer ack not yet persisted."""
+        stored = await get(conn, project_id=project_id, user=user, client_id=client_id)
+        pending = self.peek(project_id=project_id, user=user, client_id=client_id)
+        candidates = [v for v in (stored, pending) if v is not None]
+        return max(candidates) if candidates else None
 
     @property
     def pending(self) -> int:

@@ -10,6 +10,8 @@ import asyncio
 import json
 import logging
 import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,12 +181,47 @@ async def _ensure_database(admin_url: str, database: str) -> None:
         await conn.close()
 
 
-async def check(pool: asyncpg.Pool, timeout: float) -> bool:
-    """True when the database answers a trivial query within `timeout`."""
-    try:
-        async with asyncio.timeout(timeout):
-            async with pool.acquire() as conn:
-                await conn.fetchval("SELECT 1")
-        return True
-    except Exception:  # a health check answers "no" whatever the reason
-        return False
+# --- the pool as the service uses it ----------------------------------------------------------------
+
+
+class Database:
+    """The process's connection pool, with its timeout, and an outage told apart from a refusal:
+    every connection handed out raises DatabaseUnavailable (503, retry) when the database cannot be
+    reached, promptly, and any other error as it is."""
+
+    def __init__(self, pool: asyncpg.Pool, *, timeout: float) -> None:
+        self.pool = pool
+        self.timeout = timeout
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection for the length of the block."""
+        try:
+            conn = await self.pool.acquire(timeout=self.timeout)
+        except Exception as exc:  # any failure to connect (refused, shutting down, not accepting, ...)
+            raise DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
+        try:
+            yield conn
+        except UNAVAILABLE_ERRORS as exc:
+            raise DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
+        finally:
+            try:
+                await self.pool.release(conn)
+            except Exception:  # resetting a connection the server already closed: the pool drops it
+                logger.debug("released a broken connection", exc_info=True)
+
+    async def healthy(self) -> bool:
+        """True when the database answers a trivial query promptly (within 2 s at most)."""
+        try:
+            async with asyncio.timeout(min(self.timeout, 2.0)):
+                async with self.pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+            return True
+        except Exception:  # a health check answers "no" whatever the reason
+            return False
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self.pool.close(), timeout=5)
+        except UNAVAILABLE_ERRORS:  # includes TimeoutError
+            self.pool.terminate()

@@ -63,7 +63,7 @@ class StoredEvent:
     created_at: datetime
 
     def encode(self) -> bytes:
-        """The event's wire JSON (PROTOCOL.md §2). Encode once, send to many."""
+        """The event's wire JSON (docs/protocol.md §2). Encode once, send to many."""
         return orjson.dumps(
             {
                 "type": self.type,
@@ -105,11 +105,6 @@ async def create_project(conn: asyncpg.Connection, *, id: str, name: str, repo: 
     return ProjectRow(**dict(row))
 
 
-async def get_project(conn: asyncpg.Connection, project_id: str) -> ProjectRow | None:
-    row = await conn.fetchrow("SELECT id, name, repo, head FROM projects WHERE id = $1", project_id)
-    return ProjectRow(**dict(row)) if row else None
-
-
 async def list_projects(conn: asyncpg.Connection, ids: frozenset[str] | None) -> list[ProjectRow]:
     """Every project, or those in `ids`, ordered by id."""
     if ids is None:
@@ -125,6 +120,12 @@ async def head(conn: asyncpg.Connection, project_id: str) -> int | None:
     """The project's latest seq, or None when there is no such project."""
     value: int | None = await conn.fetchval("SELECT head FROM projects WHERE id = $1", project_id)
     return value
+
+
+async def heads(conn: asyncpg.Connection, project_ids: Sequence[str]) -> dict[str, int]:
+    """The latest seq of each of these projects that exists, in one query."""
+    rows = await conn.fetch("SELECT id, head FROM projects WHERE id = ANY($1::text[])", list(project_ids))
+    return {row["id"]: row["head"] for row in rows}
 
 
 # --- appending ---------------------------------------------------------------------------------------
@@ -475,7 +476,7 @@ async def read_page(
     type: str | None = None,
     order: Literal["asc", "desc"] = "asc",
 ) -> tuple[list[StoredEvent], int | None]:
-    """One page of history with after < seq < before, and the `next` cursor of PROTOCOL.md §3.
+    """One page of history with after < seq < before, and the `next` cursor of docs/protocol.md §3.
 
     `next` is the seq of the last event returned when more events match beyond it: the `after` (asc)
     or `before` (desc) of the next page. One extra row is read to know.

@@ -1,7 +1,7 @@
 """The one LISTEN connection per process, and its reconnects.
 
-A NOTIFY only wakes the hub; the hub always re-reads the log after what it has delivered. So the
-listener's job is to keep waking it reliably:
+A NOTIFY only wakes a project's feed; the feed always re-reads the log after what it has delivered.
+So the listener's job is to keep waking the feeds reliably:
 
 * its own asyncpg connection, never a pooled one (a pool resets connections with `UNLISTEN *`);
 * a dead connection is noticed by asyncpg's termination callback and by a periodic `SELECT 1`,
@@ -21,7 +21,8 @@ from typing import Any
 
 import asyncpg
 
-from .db import UNAVAILABLE_ERRORS, DatabaseUnavailable, asyncpg_dsn
+from . import eventlog
+from .db import UNAVAILABLE_ERRORS, asyncpg_dsn
 from .eventlog import NOTIFY_CHANNEL
 from .hub import Hub
 
@@ -61,7 +62,9 @@ class Listener:
         while True:
             lost = asyncio.Event()
             try:
-                conn = await asyncpg.connect(self.dsn, timeout=self.connect_timeout_s)
+                conn = await asyncpg.connect(
+                    self.dsn, timeout=self.connect_timeout_s, command_timeout=self.connect_timeout_s
+                )
             except Exception as exc:  # refused, shutting down, not accepting: all mean "try again"
                 delay = random.uniform(0, min(self.max_backoff_s, 0.1 * 2**attempt))
                 attempt += 1
@@ -74,7 +77,7 @@ class Listener:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
                 self.connected.set()
-                await self._catch_up()
+                await self._reread(conn)
                 await self._watch(conn, lost)
             except UNAVAILABLE_ERRORS as exc:
                 logger.warning("listener connection lost: %s", exc)
@@ -94,13 +97,15 @@ class Listener:
                 await asyncio.wait_for(lost.wait(), self.safety_interval_s)
             if lost.is_set() or conn.is_closed():
                 return
-            await self._catch_up()
+            await self._reread(conn)
             if loop.time() >= next_check:
                 next_check = loop.time() + self.check_interval_s
                 await conn.fetchval("SELECT 1", timeout=self.connect_timeout_s)
 
-    async def _catch_up(self) -> None:
-        try:
-            await self.hub.wake_stale()
-        except DatabaseUnavailable as exc:
-            logger.warning("re-read skipped, database unavailable: %s", exc)
+    async def _reread(self, conn: asyncpg.Connection) -> None:
+        """Wake every subscribed project whose head is past what this process delivered (one query,
+        on the listener's own connection)."""
+        projects = self.hub.projects()
+        if projects:
+            for project_id, head in (await eventlog.heads(conn, projects)).items():
+                self.hub.wake(project_id, head)

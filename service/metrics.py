@@ -32,10 +32,9 @@ class _HubCollector(Collector):
             "herald_project_head", "Latest seq this process has fanned out, per project", labels=["project"]
         )
         lag = 0
-        for project_id, feed in hub.feeds.items():
-            heads.add_metric([project_id], feed.delivered)
-            for sub in feed.subscribers:
-                lag = max(lag, feed.delivered - sub.position)
+        for feed in hub.stats():
+            heads.add_metric([feed.project_id], feed.delivered)
+            lag = max(lag, feed.max_lag)
         yield heads
         yield GaugeMetricFamily(
             "herald_max_client_lag", "Largest number of events a subscriber is behind its feed", value=lag

@@ -2,7 +2,7 @@
 
 A publish whose answer never arrived (a dropped connection, a timeout, a restarting service) may or
 may not have been appended. The only safe retry is the same request with the same `messageId`: the
-service appends it at most once and answers a repeat with the original event (PROTOCOL.md §2). So
+service appends it at most once and answers a repeat with the original event (docs/protocol.md §2). So
 every publish gets its messageId before the first attempt, and every retry reuses it.
 
     async with Publisher("http://127.0.0.1:8000", token) as herald:

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
@@ -31,6 +31,9 @@ import uvicorn
 from service import auth, db
 from service.app import Server, create_app, server_config
 from service.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from tests.helpers import WsClient
 
 SECRET = "test-secret-" + "x" * 40
 TIMEOUT_FACTOR = float(os.environ.get("HERALD_TESTS_TIMEOUT_FACTOR", "1"))
@@ -191,6 +194,16 @@ async def server(settings: Settings) -> AsyncIterator[RunningServer]:
 async def client(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.base_url, headers=server.headers(), timeout=timeout(10)) as c:
         yield c
+
+
+@pytest.fixture
+async def ws(server: RunningServer) -> AsyncIterator[WsClient]:
+    """An authenticated WebSocket client of `server`, with clientId `tab-1`."""
+    from tests.helpers import open_client  # tests/helpers.py builds on this module: imported once it is loaded
+
+    client = await open_client(server, client_id="tab-1")
+    yield client
+    await client.ws.close()
 
 
 def free_port() -> int:

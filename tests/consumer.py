@@ -1,5 +1,6 @@
-"""A WebSocket client written as a careful client author would write it, and the checker that judges
-what it received. Used by the fault tests (tests/test_faults.py) and by the soak (bench/soak.py).
+"""A careful WebSocket client (reconnects, resumes, acks, dedupes) and the checker that judges what it received.
+
+Used by the fault tests (tests/test_faults.py) and by the soak (bench/soak.py).
 
 The client survives anything: after any drop it reconnects (to a random one of its URLs) and
 resubscribes, from its own last seq (`after`) or from its durable cursor; it acks as it goes, answers
@@ -27,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 
 DROPS = (ConnectionClosed, OSError, TimeoutError)
 
-# A client without a cursor starts at the head (PROTOCOL.md §4), so resuming by cursor is only sound
+# A client without a cursor starts at the head (docs/protocol.md §4), so resuming by cursor is only sound
 # once an ack has surely been persisted (the service flushes acks every 0.5 s and at disconnect).
 ACK_PERSISTED_S = 2.0
 

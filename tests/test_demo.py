@@ -1,5 +1,7 @@
-"""The demo stream: within a few seconds it fills two projects with valid events of all three
-types, telling coherent stories (runs that progress, PRs whose checks run on their head commit)."""
+"""The demo stream (service/demo.py): within seconds it fills two projects with events of all three types.
+
+The events are valid and tell coherent stories: runs that progress, PRs whose checks run on their head commit.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import httpx
 
 from service.demo import PROJECTS, play
 from service.publisher import Publisher
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, timeout
 
 
 async def test_the_demo_fills_both_projects(server: RunningServer, client: httpx.AsyncClient) -> None:
@@ -21,7 +23,7 @@ async def test_the_demo_fills_both_projects(server: RunningServer, client: httpx
     a PR of its project."""
     async with Publisher(server.base_url, server.token(), source="demo") as publisher:
         demo = asyncio.create_task(play(publisher, pace=0.02, seed=7))
-        await asyncio.sleep(3)
+        await asyncio.sleep(timeout(3))
         demo.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await demo

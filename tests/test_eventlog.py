@@ -172,7 +172,7 @@ async def test_append_notifies_only_on_commit(database_url: str) -> None:
                 raise RuntimeError("abort")
         await eventlog.append(writer, project_id="a", type="agent_run_progress", data=RUN)
         assert await asyncio.wait_for(received.get(), timeout(5)) == "a:1"
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(timeout(0.1))
         assert received.empty()
     finally:
         await listener.close()
@@ -209,9 +209,7 @@ async def test_read_page_orders_filters_and_pages(conn: asyncpg.Connection) -> N
 
 
 def batch(project_id: str, n: int, prefix: str = "m") -> list[eventlog.Append]:
-    return [
-        eventlog.Append(project_id, "agent_run_progress", {**RUN, "progress": i}, f"{prefix}{i}") for i in range(n)
-    ]
+    return [eventlog.Append(project_id, "agent_run_progress", {**RUN, "progress": i}, f"{prefix}{i}") for i in range(n)]
 
 
 async def test_group_commit_keeps_seqs_contiguous_under_concurrency(pool: asyncpg.Pool) -> None:
@@ -338,7 +336,7 @@ async def test_append_many_notifies_once_per_project_on_commit(database_url: str
         await eventlog.append_many(writer, batch("a", 3) + batch("b", 2))
         got = {await asyncio.wait_for(received.get(), timeout(5)) for _ in range(2)}
         assert got == {"a:3", "b:2"}
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(timeout(0.1))
         assert received.empty()
     finally:
         await listener.close()

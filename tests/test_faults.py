@@ -1,6 +1,8 @@
-"""Guarantees under faults (PROTOCOL.md §6): several instances on one database, kill -9 of an
-instance under a client and under a producer, every database connection cut, PostgreSQL restarted,
-and many clients churning across instances and projects while publishers run.
+"""The guarantees of docs/protocol.md §6 under faults: kill -9, connections cut, PostgreSQL restarted, churn.
+
+Several instances on one database, kill -9 of an instance under a client and under a producer, every
+database connection cut, PostgreSQL restarted, and many clients churning across instances and projects
+while publishers run.
 
 The clients here are written as a careful client author would write them (reconnect after any drop,
 resume, ack, dedupe by seq) and keep everything they received, duplicates included, so that a
@@ -24,7 +26,6 @@ import httpx
 import pytest
 
 from service import auth, db
-from tests.api.test_websocket import create, open_client, publish, seqs_of
 from tests.conftest import (
     SECRET,
     RunningServer,
@@ -35,6 +36,7 @@ from tests.conftest import (
     timeout,
 )
 from tests.consumer import Consumer
+from tests.helpers import create, open_client, publish, seqs_of
 
 RUN = {"runId": "r", "status": "running", "progress": 1}
 
@@ -70,7 +72,9 @@ async def publish_with_retries(
     instances: list[httpx.AsyncClient], project_id: str, message_id: str, *, failures: list[str]
 ) -> int:
     """Publish one event as a careful producer does: on a dropped connection or a 503 the outcome is
-    unknown, so retry with the same messageId (through the next instance) until an answer comes."""
+    unknown, so retry with the same messageId (through the next instance) until an answer comes; fail
+    if none comes within a minute."""
+    deadline = time.monotonic() + timeout(60)
     attempt = 0
     while True:
         http = instances[attempt % len(instances)]
@@ -86,6 +90,7 @@ async def publish_with_retries(
         except httpx.TransportError:
             pass
         failures.append(message_id)
+        assert time.monotonic() < deadline, f"no instance answered the publish of {message_id}"
         attempt += 1
         await asyncio.sleep(min(0.5, 0.02 * 2**attempt))
 
@@ -132,7 +137,8 @@ async def test_two_instances_behave_as_one(server: RunningServer, database_url: 
 class OutageProducer:
     """Publishes m1, m2, ... until stopped; after a 503 it retries the same messageId, as a producer
     must (the outcome of a publish cut mid-commit is unknown to it; the messageId makes the retry
-    safe). Every answer must come promptly: a publish that hangs through an outage fails the test."""
+    safe). Every answer must come promptly: a publish that hangs through an outage fails the test, and
+    so does a message still refused after 30 s (the service did not recover)."""
 
     http: httpx.AsyncClient
     project_id: str = "p"
@@ -144,6 +150,7 @@ class OutageProducer:
         n = 0
         while not self.stop.is_set():
             n += 1
+            first_try = time.monotonic()
             while True:
                 started = time.monotonic()
                 r = await self.http.post(
@@ -156,6 +163,7 @@ class OutageProducer:
                     break
                 assert r.status_code == 503 and r.json()["error"] == "unavailable", r.text
                 self.unavailable += 1
+                assert time.monotonic() - first_try < timeout(30), f"m{n} still refused: the service did not recover"
                 await asyncio.sleep(0.05)
 
 
@@ -173,12 +181,12 @@ async def test_all_connections_cut_while_publishing(
     admin = await asyncpg.connect(db.asyncpg_dsn(database_url))
     try:
         for _ in range(5):
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(timeout(0.3))  # let some publishes through between the cuts
             await admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(timeout(0.5))  # and after the last cut
     finally:
         producer.stop.set()
         await task
@@ -302,10 +310,10 @@ async def test_postgres_restarted_under_the_service(own_postgres: OwnPostgres, t
         await ws.subscribe("p")
         producer = OutageProducer(http)
         producing = asyncio.create_task(producer.run())
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(timeout(0.5))  # publishing before the outage
         url = own_postgres.url
         await own_postgres.stop()
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(timeout(1.5))  # the outage, during which publishes must be refused promptly
         await own_postgres.start()
         assert own_postgres.url == url
         durable = producer.durable

@@ -1,11 +1,16 @@
-"""Frames encoded once per event and written straight to the socket (service/frames.py), and publishes
-pipelined on one connection (service/api/websocket.py): the fast paths are really taken, what they
-write is what `websocket.send` would have written, and they step aside when they must."""
+"""The fast paths: frames encoded once and written straight to the socket (service/frames.py), pipelined publishes.
+
+Publishes are pipelined on one connection by service/session.py. The fast paths are really taken, what
+they write is what `websocket.send` would have written, and they step aside when they must.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,8 +19,8 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from service import frames
-from tests.api.test_websocket import RUN, create, open_client, publish, seqs_of
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, make_settings, start_server, stop_server, timeout
+from tests.helpers import RUN, create, open_client, publish, seqs_of
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
@@ -48,6 +53,40 @@ async def test_fan_out_writes_through_the_extension(server: RunningServer, clien
     assert received[0] == received[1] == received[2]
 
 
+def test_the_installed_uvicorn_passes_the_probe() -> None:
+    """The uvicorn this project pins has everything the extension reads, so the fast path is on."""
+    assert frames.probe() is None
+    assert frames.protocol() is frames.WebSocketProtocol
+
+
+async def test_without_what_the_extension_reads_every_send_goes_through_asgi(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An uvicorn whose protocol lacks an attribute the extension reads (simulated): the server warns
+    at start-up, runs uvicorn's own protocol, and every WebSocket is served through plain ASGI: no
+    writer of Herald's, and events arrive whole and in order all the same."""
+    monkeypatch.setattr(frames, "REQUIRED_ATTRIBUTES", (*frames.REQUIRED_ATTRIBUTES, "a_renamed_attribute"))
+    frames.probe.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="herald.frames"):
+            running, task = await start_server(make_settings(database_url, tmp_path))
+        assert "fast fan-out disabled" in caplog.text and "a_renamed_attribute" in caplog.text
+        try:
+            async with httpx.AsyncClient(base_url=running.base_url, headers=running.headers()) as http:
+                await create(http, "a")
+                sockets = [await open_client(running, client_id=f"c{i}") for i in range(2)]
+                for ws in sockets:
+                    await ws.subscribe("a")
+                assert all(c.transport._write is None for c in running.app_runtime().hub.clients)
+                await publish(http, "a", 20)
+                assert [seqs_of(await ws.events("a", 20)) for ws in sockets] == [list(range(1, 21))] * 2
+        finally:
+            await stop_server(running, task)
+    finally:
+        monkeypatch.undo()
+        frames.probe.cache_clear()
+
+
 async def test_extension_refuses_once_the_connection_is_closing(
     server: RunningServer, client: httpx.AsyncClient
 ) -> None:
@@ -60,12 +99,11 @@ async def test_extension_refuses_once_the_connection_is_closing(
     assert write(frames.text_frame(b'{"type":"pong","ts":1}'))
     assert (await ws.recv())["type"] == "pong"
     await ws.ws.close()
-    for _ in range(100):
-        if not write(frames.text_frame(b"{}")):
-            break
+    deadline = time.monotonic() + timeout(1)
+    while write(frames.text_frame(b"{}")):
+        if time.monotonic() > deadline:
+            pytest.fail("the writer kept writing after the close")
         await asyncio.sleep(0.01)
-    else:
-        pytest.fail("the writer kept writing after the close")
 
 
 async def test_pipelined_publishes_are_answered_in_order_before_what_follows(server: RunningServer) -> None:

@@ -261,7 +261,7 @@ class Socket:
 
 
 def ref_of(message: dict[str, Any]) -> str | None:
-    """PROTOCOL.md §4: the offending message's messageId, else its projectId, else null."""
+    """docs/protocol.md §4: the offending message's messageId, else its projectId, else null."""
     for key in ("messageId", "projectId"):
         if isinstance(message.get(key), str):
             return str(message[key])

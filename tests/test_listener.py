@@ -8,8 +8,8 @@ import asyncpg
 import httpx
 
 from service import db
-from tests.api.test_websocket import create, open_client, publish, seqs_of
 from tests.conftest import RunningServer, timeout
+from tests.helpers import create, open_client, publish, seqs_of
 
 
 async def test_listener_reconnects_and_rereads(

@@ -1,5 +1,7 @@
-"""service.publisher.Publisher against real servers: retries that never duplicate, errors that are not
-retried, a deadline, and the blocking wrapper."""
+"""The publisher client (service/publisher.py) on real servers: retries that never duplicate, and when not to retry.
+
+Errors that are the caller's are not retried; a deadline ends the retries; the blocking wrapper does the same.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import pytest
 
 from service import auth
 from service.publisher import Publisher, PublishError, SyncPublisher
-from tests.api.test_websocket import create
 from tests.conftest import SECRET, RunningServer, ServiceProcess, free_port, timeout
+from tests.helpers import create
 
 RUN = {"runId": "r", "status": "running", "progress": 50}
 

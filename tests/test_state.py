@@ -1,5 +1,7 @@
-"""The project state snapshot: equal to the fold of the log, consistent with its seq, and served by
-`GET /api/projects/{id}/state` so that snapshot + subscribe(after = seq) misses nothing."""
+"""The project state snapshot (service/state.py, docs/protocol.md §8): the fold of the log up to its seq.
+
+It is served by `GET /api/projects/{id}/state`, so that snapshot + subscribe(after = seq) misses nothing.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ import pytest
 from service import db, eventlog, state
 from service.eventlog import StoredEvent
 from service.messages import ProjectState, event_data, json_schema
-from tests.api.test_websocket import create, open_client
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, timeout
+from tests.helpers import create, open_client
 
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 REPOS = ("octo/demo", "Octo/Demo", "octo/other")  # the first two are one repository
@@ -189,11 +191,12 @@ async def test_snapshot_seq_matches_its_contents_under_concurrent_appends(pool: 
     publishers = [asyncio.create_task(publisher(i)) for i in range(3)]
     snapshots: list[state.Snapshot] = []
     async with pool.acquire() as conn:
-        while not done.is_set():
-            snapshot = await state.read(conn, "a", limit=5)
-            assert snapshot is not None
-            snapshots.append(snapshot)
-            await asyncio.sleep(0.002)
+        async with asyncio.timeout(timeout(30)):
+            while not done.is_set():
+                snapshot = await state.read(conn, "a", limit=5)
+                assert snapshot is not None
+                snapshots.append(snapshot)
+                await asyncio.sleep(0.002)
         await asyncio.gather(*publishers)
         events = await whole_log(conn, "a")
     assert len({s.seq for s in snapshots}) > 1

@@ -1,4 +1,4 @@
-"""The HTTP API of PROTOCOL.md §3: thin routes over eventlog.py and cursors.py.
+"""The HTTP API of docs/protocol.md §3: thin routes over eventlog.py and cursors.py.
 
 Every failure, including malformed JSON, FastAPI's own validation errors, unknown routes and a
 database outage, is answered with the contract's error body `{"error", "message", "field"?}`.
@@ -12,20 +12,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Security
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from .. import cursors, db, eventlog, state
-from ..app import Runtime
-from ..auth import InvalidToken, Principal, Scope, verify
-from ..codes import HTTP_STATUS, ErrorCode
+from .. import cursors, eventlog, state
+from ..codes import ErrorCode
 from ..messages import (
     MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
@@ -48,87 +44,20 @@ from ..messages import (
     PublishRequest,
     check,
     event_data,
-    is_project_id,
 )
+from . import errors
+from .dependencies import AppenderDep, Auth, DatabaseDep, MetricsDep, require
+from .errors import ERRORS, ApiError, error_response, project_missing
 
 JSON = "application/json"
 M = TypeVar("M", bound=BaseModel)
-
-
-class ApiError(Exception):
-    """An error answered with the contract's JSON body."""
-
-    def __init__(self, code: ErrorCode, message: str, *, field: str | None = None, status: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.field = field
-        self.status = status  # when the contract names another status than the code's usual one
-
-    def response(self) -> JSONResponse:
-        return error_response(self.code, self.message, field=self.field, status=self.status)
-
-
-def error_response(
-    code: ErrorCode,
-    message: str,
-    *,
-    field: str | None = None,
-    headers: dict[str, str] | None = None,
-    status: int | None = None,
-) -> JSONResponse:
-    body: dict[str, Any] = {"error": code.value, "message": message}
-    if field is not None:
-        body["field"] = field
-    return JSONResponse(body, status_code=status or HTTP_STATUS[code], headers=headers)
 
 
 def json_response(content: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type=JSON)
 
 
-# --- dependencies ------------------------------------------------------------------------------------
-
-
-# The dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in its thread
-# pool, two thread hops per request for what is an attribute read and an HMAC check.
-async def runtime(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
-
-
-_bearer = HTTPBearer(auto_error=False, description="A token from `python -m service token`")
-
-
-async def authenticated(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-) -> Principal:
-    if credentials is None:
-        raise ApiError(ErrorCode.UNAUTHORIZED, "missing bearer token (Authorization: Bearer TOKEN)")
-    try:
-        return verify(request.app.state.runtime.secret, credentials.credentials)
-    except InvalidToken as exc:
-        raise ApiError(ErrorCode.UNAUTHORIZED, str(exc)) from None
-
-
-Auth = Annotated[Principal, Depends(authenticated)]
-Rt = Annotated[Runtime, Depends(runtime)]
-
-
-def require(principal: Principal, scope: Scope, project_id: str) -> None:
-    """403 unless the token names the project and carries the scope; then 404 for an id that no
-    project can have (it is never looked up)."""
-    if not principal.names(project_id):
-        raise ApiError(ErrorCode.FORBIDDEN, f"this token does not grant access to project {project_id!r}")
-    if not principal.has(scope):
-        raise ApiError(ErrorCode.FORBIDDEN, f"this token lacks the {scope!r} scope")
-    if not is_project_id(project_id):
-        raise project_missing(project_id)
-
-
-def project_missing(project_id: str) -> ApiError:
-    return ApiError(ErrorCode.NOT_FOUND, f"no project {project_id!r}")
+# --- reading a request -------------------------------------------------------------------------------
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -187,10 +116,6 @@ def same_project(body: PublishRequest, project_id: str, *, prefix: str = "") -> 
 
 # --- routes ------------------------------------------------------------------------------------------
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 413, 422, 503)
-}
-
 router = APIRouter()
 
 
@@ -204,9 +129,9 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
 
 
 @router.get("/healthz", response_model=Health, responses={503: {"model": ErrorBody}}, tags=["health"])
-async def healthz(rt: Rt) -> Response:
+async def healthz(database: DatabaseDep) -> Response:
     """200 while the database answers; 503 `unavailable` otherwise."""
-    if await db.check(rt.pool, timeout=min(rt.settings.db_timeout_s, 2.0)):
+    if await database.healthy():
         return json_response({"status": "ok"})
     return error_response(ErrorCode.UNAVAILABLE, "the database is unreachable", headers={"Retry-After": "1"})
 
@@ -219,14 +144,14 @@ async def healthz(rt: Rt) -> Response:
     openapi_extra=_body(ProjectCreate),
     tags=["projects"],
 )
-async def create_project(request: Request, principal: Auth, rt: Rt) -> Response:
+async def create_project(request: Request, principal: Auth, database: DatabaseDep) -> Response:
     """Create a project (admin). The token must name the project's id, or `*`."""
     if not principal.has("admin"):
         raise ApiError(ErrorCode.FORBIDDEN, "creating projects needs the 'admin' scope")
     body = validate(ProjectCreate, await read_json(request))
     if not principal.names(body.id):
         raise ApiError(ErrorCode.FORBIDDEN, f"this token does not grant access to project {body.id!r}")
-    async with rt.connection() as conn:
+    async with database.connection() as conn:
         try:
             project = await eventlog.create_project(conn, id=body.id, name=body.name, repo=body.repo)
         except eventlog.ProjectExists:
@@ -239,9 +164,9 @@ async def create_project(request: Request, principal: Auth, rt: Rt) -> Response:
 
 
 @router.get("/api/projects", response_model=ProjectList, responses=ERRORS, tags=["projects"])
-async def list_projects(principal: Auth, rt: Rt) -> Response:
+async def list_projects(principal: Auth, database: DatabaseDep) -> Response:
     """The projects this token names, with their heads."""
-    async with rt.connection() as conn:
+    async with database.connection() as conn:
         projects = await eventlog.list_projects(conn, principal.projects)
     return json_response({"projects": [p.to_dict() for p in projects]})
 
@@ -254,14 +179,14 @@ async def list_projects(principal: Auth, rt: Rt) -> Response:
     openapi_extra=_body(PublishRequest),
     tags=["events"],
 )
-async def publish(project_id: str, request: Request, principal: Auth, rt: Rt) -> Response:
+async def publish(project_id: str, request: Request, principal: Auth, appender: AppenderDep) -> Response:
     """Append an event (publish). 201 with the new event; 200 with the original for a repeated messageId."""
     require(principal, "publish", project_id)
     body = validate(PublishRequest, await read_json(request))
     same_project(body, project_id)
     data = validate_event_data(body.type, body.data)
     try:  # group commit: concurrent publishes (HTTP and WebSocket alike) share one transaction
-        event, created = await rt.appender.append(
+        event, created = await appender.append(
             project_id=project_id, type=body.type, data=data, message_id=body.message_id
         )
     except eventlog.ProjectNotFound:
@@ -280,7 +205,7 @@ async def publish(project_id: str, request: Request, principal: Auth, rt: Rt) ->
     openapi_extra=_body(PublishBatchRequest),
     tags=["events"],
 )
-async def publish_batch(project_id: str, request: Request, principal: Auth, rt: Rt) -> Response:
+async def publish_batch(project_id: str, request: Request, principal: Auth, database: DatabaseDep) -> Response:
     """Append up to 1,000 events in one transaction (publish): all or none, contiguous seqs in the order
     given, each idempotent on its messageId. 201 when any was appended; 200 when none was new. A bad
     event refuses the whole batch, naming it (`events.3.data.status`)."""
@@ -302,7 +227,7 @@ async def publish_batch(project_id: str, request: Request, principal: Auth, rt: 
             if event.message_id
             else eventlog.Append(project_id, event.type, data)
         )
-    async with rt.connection() as conn:  # one transaction of its own: the batch is all or none
+    async with database.connection() as conn:  # one transaction of its own: the batch is all or none
         outcomes = await eventlog.append_many(conn, appends)
     results = []
     for outcome in outcomes:
@@ -318,7 +243,7 @@ async def publish_batch(project_id: str, request: Request, principal: Auth, rt: 
 async def history(
     project_id: str,
     principal: Auth,
-    rt: Rt,
+    database: DatabaseDep,
     after: Annotated[int, Query(ge=0, le=MAX_SAFE_INTEGER, description="only events with seq > after")] = 0,
     before: Annotated[int | None, Query(ge=1, le=MAX_SAFE_INTEGER, description="only events with seq < before")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -327,7 +252,7 @@ async def history(
 ) -> Response:
     """A page of the log (subscribe). `next` is the after (asc) or before (desc) of the next page."""
     require(principal, "subscribe", project_id)
-    async with rt.connection() as conn:
+    async with database.connection() as conn:
         if await eventlog.head(conn, project_id) is None:
             raise project_missing(project_id)
         events, next_cursor = await eventlog.read_page(
@@ -341,12 +266,12 @@ async def history(
 async def project_state(
     project_id: str,
     principal: Auth,
-    rt: Rt,
+    database: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=state.MAX_LIMIT, description="items per list")] = state.DEFAULT_LIMIT,
 ) -> Response:
     """The project's state folded from the log, as of `seq` (subscribe). Subscribe with after = seq."""
     require(principal, "subscribe", project_id)
-    async with rt.connection() as conn:
+    async with database.connection() as conn:
         snapshot = await state.read(conn, project_id, limit=limit)
     if snapshot is None:
         raise project_missing(project_id)
@@ -354,10 +279,10 @@ async def project_state(
 
 
 @router.get("/api/projects/{project_id}/cursors", response_model=CursorList, responses=ERRORS, tags=["cursors"])
-async def list_cursors(project_id: str, principal: Auth, rt: Rt) -> Response:
+async def list_cursors(project_id: str, principal: Auth, database: DatabaseDep) -> Response:
     """How far each client has acknowledged this project (admin): the auditor's view."""
     require(principal, "admin", project_id)
-    async with rt.connection() as conn:
+    async with database.connection() as conn:
         if await eventlog.head(conn, project_id) is None:
             raise project_missing(project_id)
         rows = await cursors.list_for_project(conn, project_id)
@@ -371,11 +296,11 @@ async def list_cursors(project_id: str, principal: Auth, rt: Rt) -> Response:
     openapi_extra=_body(AckRequest),
     tags=["cursors"],
 )
-async def ack(project_id: str, request: Request, principal: Auth, rt: Rt) -> Response:
+async def ack(project_id: str, request: Request, principal: Auth, database: DatabaseDep) -> Response:
     """Acknowledge everything up to `seq` for `clientId` (subscribe); the cursor never moves back."""
     require(principal, "subscribe", project_id)
     body = validate(AckRequest, await read_json(request))
-    async with rt.connection() as conn:
+    async with database.connection() as conn:
         try:
             seq = await cursors.advance(
                 conn, project_id=project_id, user=principal.user, client_id=body.client_id, seq=body.seq
@@ -393,11 +318,11 @@ METRICS_TEXT = {"description": "Prometheus text format", "content": {"text/plain
 # response_class=Response, which has no media type of its own: the errors are then documented as
 # the JSON they are, not as text/plain.
 @router.get("/metrics", responses={**ERRORS, 200: METRICS_TEXT}, tags=["health"], response_class=Response)
-async def metrics(principal: Auth, rt: Rt) -> Response:
+async def metrics(principal: Auth, metrics: MetricsDep) -> Response:
     """Prometheus metrics of this process (admin)."""
     if not principal.has("admin"):
         raise ApiError(ErrorCode.FORBIDDEN, "metrics need the 'admin' scope")
-    return Response(rt.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 # --- errors, the dashboard, the OpenAPI document ------------------------------------------------------
@@ -437,37 +362,7 @@ def _frontend_routes(app: FastAPI, dist: Path | None) -> None:
 def install(app: FastAPI, *, frontend_dist: Path | None) -> None:
     """Attach the routes, the error handlers and the dashboard to `app`."""
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> Response:
-        return exc.response()
-
-    @app.exception_handler(db.DatabaseUnavailable)
-    async def _unavailable(request: Request, exc: db.DatabaseUnavailable) -> Response:
-        return error_response(
-            ErrorCode.UNAVAILABLE,
-            f"the database is unreachable ({exc}); nothing was written, retry",
-            headers={"Retry-After": "1"},
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0]
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body", "header")]
-        field = ".".join(loc) or None
-        message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
-        return error_response(ErrorCode.INVALID_DATA, message, field=field)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code == 404:
-            return error_response(ErrorCode.NOT_FOUND, f"no route {request.url.path}")
-        if exc.status_code == 405:
-            return error_response(
-                ErrorCode.METHOD_NOT_ALLOWED, f"{request.method} is not allowed on {request.url.path}"
-            )
-        status = exc.status_code
-        return JSONResponse({"error": "http_error", "message": str(exc.detail)}, status_code=status)
-
+    errors.install(app)
     app.include_router(router)
     _frontend_routes(app, frontend_dist)
 

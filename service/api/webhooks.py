@@ -17,10 +17,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from .. import eventlog, webhooks
-from ..app import Runtime
 from ..codes import ErrorCode
+from ..db import Database
 from ..messages import InvalidData, event_data
-from .http import ERRORS, ApiError, Rt, json_response, read_body
+from .dependencies import DatabaseDep, SettingsDep
+from .errors import ERRORS, ApiError
+from .http import json_response, read_body
 
 logger = logging.getLogger("herald.api.webhooks")
 
@@ -92,10 +94,10 @@ def _answer(status: str, message: str, *, code: int = 202, **fields: Any) -> Res
     },
     tags=["webhooks"],
 )
-async def github(request: Request, rt: Rt) -> Response:
+async def github(request: Request, settings: SettingsDep, database: DatabaseDep) -> Response:
     """A GitHub delivery: `pull_request`, `pull_request_review`, `check_run`, `check_suite`, `status` and
     `workflow_run` become events of the project whose `repo` is the payload's repository."""
-    secret = rt.settings.github_webhook_secret
+    secret = settings.github_webhook_secret
     if secret is None:
         # Refusing beats accepting: without a secret nothing tells GitHub's deliveries from a forger's.
         raise ApiError(
@@ -108,7 +110,7 @@ async def github(request: Request, rt: Rt) -> Response:
     payload = parse_payload(body, request.headers.get("content-type", ""))
 
     if event == "ping":
-        return await _ping(rt, payload)
+        return await _ping(database, payload)
     try:
         type, data = webhooks.to_event(event, payload)
         repo = webhooks.repository(payload)
@@ -122,7 +124,7 @@ async def github(request: Request, rt: Rt) -> Response:
         delivery_id=_header(request, "X-GitHub-Delivery", max_length=120),
     )
 
-    async with rt.connection() as conn:
+    async with database.connection() as conn:
         project_id = await webhooks.project_for_repo(conn, repo)
         if project_id is None:
             return _answer("ignored", f"no project has repo {repo!r}; nothing was written")
@@ -137,13 +139,13 @@ async def github(request: Request, rt: Rt) -> Response:
     return _answer("appended", f"{event} appended as {type}", **fields)
 
 
-async def _ping(rt: Runtime, payload: dict[str, Any]) -> Response:
+async def _ping(database: Database, payload: dict[str, Any]) -> Response:
     """GitHub's `ping` when a hook is created: say whether its repository reaches a project."""
     try:
         repo = webhooks.repository(payload)
     except webhooks.Unmapped:  # an organization's or an app's hook: each delivery names its repository
         return _answer("pong", "the hook works; deliveries are routed by their repository", code=200, projectId=None)
-    async with rt.connection() as conn:
+    async with database.connection() as conn:
         project_id = await webhooks.project_for_repo(conn, repo)
     if project_id is None:
         message = f"the hook works, but no project has repo {repo!r} yet: its deliveries will be ignored"

@@ -1,5 +1,7 @@
-"""Publishing a batch (`POST /api/projects/{id}/events/batch`, an extension in docs/protocol.md): up
-to 1,000 events in one transaction, all or none, in the order given, idempotent on each messageId."""
+"""Publishing a batch, `POST /api/projects/{id}/events/batch` (docs/protocol.md §9): all or none, in order.
+
+Up to 1,000 events in one transaction, all or none, in the order given, idempotent on each messageId.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ from typing import Any
 import httpx
 
 from tests.api.test_http import CHECK, PR, RUN, assert_error, create
-from tests.api.test_websocket import open_client, seqs_of
 from tests.conftest import RunningServer
+from tests.helpers import open_client, seqs_of
 
 URL = "/api/projects/p1/events/batch"
 

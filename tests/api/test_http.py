@@ -1,4 +1,4 @@
-"""The HTTP API of PROTOCOL.md §3 over a real uvicorn: every success, every error code, paging."""
+"""The HTTP API of docs/protocol.md §3 over a real uvicorn: every success, every error code, paging."""
 
 from __future__ import annotations
 

@@ -1,100 +1,20 @@
-"""SSE streams over real sockets (PROTOCOL.md §5): resume points, live events, keep-alives, errors,
-one cursor shared with the WebSocket, the multi-project vector, and a prompt shutdown."""
+"""SSE streams over real sockets (docs/protocol.md §5): resume points, live events, keep-alives, errors, shutdown.
+
+Also the multi-project stream's position vector, and 4429 for a reader that stops reading.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
-from tests.api.test_websocket import create, open_client, publish, seqs_of
 from tests.conftest import RunningServer, make_settings, start_server, stop_server, timeout
-
-
-@dataclass
-class Message:
-    """One SSE message as a browser's EventSource assembles it, plus the comments before it."""
-
-    id: str | None = None
-    event: str | None = None
-    data: list[str] = field(default_factory=list)
-    retry: int | None = None
-    comments: list[str] = field(default_factory=list)
-
-    @property
-    def json(self) -> dict[str, Any]:
-        value: dict[str, Any] = orjson.loads("\n".join(self.data))
-        return value
-
-
-class Stream:
-    """An open SSE response, read message by message."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self._lines = response.aiter_lines()
-        self.comments: list[str] = []  # every comment line seen so far, in order
-
-    async def next(self, wait: float = 5) -> Message:
-        message = Message()
-        async with asyncio.timeout(timeout(wait)):
-            async for line in self._lines:
-                if not line:
-                    if message.data or message.retry is not None or message.id is not None:
-                        return message
-                    continue
-                name, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if name == "":
-                    message.comments.append(value)
-                    self.comments.append(value)
-                elif name == "data":
-                    message.data.append(value)
-                elif name == "id":
-                    message.id = value
-                elif name == "event":
-                    message.event = value
-                elif name == "retry":
-                    message.retry = int(value)
-        raise EOFError("the stream ended")
-
-    async def events(self, count: int, wait: float = 10) -> list[Message]:
-        got: list[Message] = []
-        deadline = time.monotonic() + timeout(wait)
-        while len(got) < count:
-            message = await self.next(max(0.01, deadline - time.monotonic()))
-            if message.data:
-                got.append(message)
-        return got
-
-    async def ended(self, wait: float = 5) -> bool:
-        """True when the stream ends within `wait` seconds (whatever arrives before is skipped)."""
-        try:
-            async with asyncio.timeout(timeout(wait)):
-                async for line in self._lines:
-                    if line.startswith(":"):
-                        self.comments.append(line[1:].removeprefix(" "))
-            return True
-        except TimeoutError:
-            return False
-
-
-@asynccontextmanager
-async def stream(client: httpx.AsyncClient, url: str, **kw: Any) -> AsyncIterator[Stream]:
-    async with client.stream("GET", url, timeout=httpx.Timeout(timeout(10), read=None), **kw) as response:
-        assert response.status_code == 200, (await response.aread()).decode()
-        opened = Stream(response)
-        first = await opened.next()
-        assert first.retry == 2000 and not first.data  # `retry:` once, first
-        yield opened
+from tests.helpers import create, publish, stream
 
 
 async def test_live_events_headers_and_ids(client: httpx.AsyncClient) -> None:
@@ -180,29 +100,6 @@ async def test_errors(server: RunningServer, client: httpx.AsyncClient) -> None:
     assert await status("/api/stream?projects=p,bad%20id") == (422, "invalid_data")
     assert await status("/api/projects/p/stream?clientId=%07") == (422, "invalid_data")
     assert (await client.get("/api/projects/p/events")).json()["events"] == []
-
-
-async def test_switching_between_websocket_and_sse_keeps_one_cursor(
-    server: RunningServer, client: httpx.AsyncClient
-) -> None:
-    """A client that acks over the WebSocket and then streams over SSE (acking over HTTP), then goes
-    back to the WebSocket, continues from one cursor with no gap."""
-    await create(client, "p")
-    await publish(client, "p", 3)
-    ws = await open_client(server, client_id="tab")
-    await ws.subscribe("p", after=0)
-    assert seqs_of(await ws.events("p", 3)) == [1, 2, 3]
-    await ws.send(type="ack", projectId="p", seq=3)
-    await ws.ws.close()  # acks are persisted at disconnect
-    await publish(client, "p", 2)
-    async with stream(client, "/api/projects/p/stream?clientId=tab") as s:
-        assert [m.id for m in await s.events(2)] == ["4", "5"]
-        assert (await client.post("/api/projects/p/ack", json={"clientId": "tab", "seq": 5})).status_code == 200
-    await publish(client, "p", 1)
-    ws = await open_client(server, client_id="tab")
-    assert (await ws.subscribe("p"))["after"] == 5
-    assert seqs_of(await ws.events("p", 1)) == [6]
-    await ws.ws.close()
 
 
 async def test_multi_project_stream_resumes_from_its_vector(client: httpx.AsyncClient) -> None:

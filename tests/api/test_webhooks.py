@@ -1,5 +1,6 @@
-"""`POST /webhooks/github` over a real uvicorn and PostgreSQL: GitHub's own example payloads, signatures,
-redeliveries, routing by repository, sizes, and an event reaching a WebSocket subscriber.
+"""`POST /webhooks/github` over a real uvicorn and PostgreSQL, with GitHub's own examples (docs/protocol.md §10).
+
+Signatures, redeliveries, routing by repository, sizes, and an event reaching a WebSocket subscriber.
 
 The examples are the npm package @octokit/webhooks-examples, installed into tests/fixtures by
 `make setup` (`npm ci` there); they are never copied into the repository. The expected events are
@@ -24,8 +25,8 @@ import pytest
 
 from service import webhooks
 from service.config import Settings
-from tests.api.test_websocket import open_client
 from tests.conftest import RunningServer, make_settings, start_server, stop_server
+from tests.helpers import open_client
 
 GH_SECRET = "It's a Secret to Everybody"
 EXAMPLES = Path(__file__).parent.parent / "fixtures" / "node_modules" / "@octokit" / "webhooks-examples"

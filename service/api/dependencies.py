@@ -1,0 +1,105 @@
+"""What a route may depend on: one running part each, and the caller's principal.
+
+A route names the part it uses (the hub, the appender, the database, ...) rather than reaching through
+the whole Runtime, so what a route touches is in its signature. The dependencies are `async def` on
+purpose: FastAPI runs a plain `def` dependency in its thread pool, two thread hops per request for
+what is an attribute read and an HMAC check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Annotated
+
+from fastapi import Depends, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
+
+from .. import auth
+from ..auth import InvalidToken, Principal, Scope
+from ..codes import ErrorCode
+from ..config import Settings
+from ..cursors import AckBuffer
+from ..db import Database
+from ..eventlog import Appender
+from ..hub import Hub
+from ..messages import is_project_id
+from ..metrics import Metrics
+from ..runtime import Runtime
+from .errors import ApiError, project_missing
+
+
+def _runtime(connection: HTTPConnection) -> Runtime:
+    runtime: Runtime = connection.app.state.runtime
+    return runtime
+
+
+async def _hub(connection: HTTPConnection) -> Hub:
+    return _runtime(connection).hub
+
+
+async def _appender(connection: HTTPConnection) -> Appender:
+    return _runtime(connection).appender
+
+
+async def _acks(connection: HTTPConnection) -> AckBuffer:
+    return _runtime(connection).acks
+
+
+async def _database(connection: HTTPConnection) -> Database:
+    return _runtime(connection).database
+
+
+async def _settings(connection: HTTPConnection) -> Settings:
+    return _runtime(connection).settings
+
+
+async def _metrics(connection: HTTPConnection) -> Metrics:
+    return _runtime(connection).metrics
+
+
+Verifier = Callable[[str], Principal]
+
+
+async def _verifier(connection: HTTPConnection) -> Verifier:
+    """Token -> principal, with this service's secret (raises InvalidToken)."""
+    return partial(auth.verify, _runtime(connection).secret)
+
+
+HubDep = Annotated[Hub, Depends(_hub)]
+AppenderDep = Annotated[Appender, Depends(_appender)]
+AcksDep = Annotated[AckBuffer, Depends(_acks)]
+DatabaseDep = Annotated[Database, Depends(_database)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]
+VerifierDep = Annotated[Verifier, Depends(_verifier)]
+
+_bearer = HTTPBearer(auto_error=False, description="A token from `herald token` (or `python -m service token`)")
+
+
+async def _authenticated(
+    verify: VerifierDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> Principal:
+    if credentials is None:
+        raise ApiError(ErrorCode.UNAUTHORIZED, "missing bearer token (Authorization: Bearer TOKEN)")
+    try:
+        return verify(credentials.credentials)
+    except InvalidToken as exc:
+        raise ApiError(ErrorCode.UNAUTHORIZED, str(exc)) from None
+
+
+Auth = Annotated[Principal, Depends(_authenticated)]
+"""The caller, from `Authorization: Bearer TOKEN` (401 without a valid one)."""
+
+
+def require(principal: Principal, scope: Scope, project_id: str) -> None:
+    """403 unless the token names the project and carries the scope; then 404 for an id that no
+    project can have (it is never looked up)."""
+    if not principal.names(project_id):
+        raise ApiError(ErrorCode.FORBIDDEN, f"this token does not grant access to project {project_id!r}")
+    if not principal.has(scope):
+        raise ApiError(ErrorCode.FORBIDDEN, f"this token lacks the {scope!r} scope")
+    if not is_project_id(project_id):
+        raise project_missing(project_id)

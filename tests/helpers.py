@@ -1,0 +1,199 @@
+"""Clients the tests share: a protocol-level WebSocket client, an SSE stream reader, and HTTP shortcuts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.conftest import RunningServer, timeout
+
+RUN = {"runId": "r1", "status": "running", "progress": 5}
+
+
+# --- WebSocket ---------------------------------------------------------------------------------------
+
+
+class WsClient:
+    """A protocol-level test client: sends frames, collects what arrives, by kind."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.welcome: dict[str, Any] = {}
+
+    async def send(self, **message: Any) -> None:
+        await self.ws.send(json.dumps(message))
+
+    async def recv(self, wait: float = 5) -> dict[str, Any]:
+        raw = await asyncio.wait_for(self.ws.recv(), timeout(wait))
+        message: dict[str, Any] = json.loads(raw)
+        return message
+
+    async def expect(self, kind: str, wait: float = 5) -> dict[str, Any]:
+        """The next message that is not a ping, which must be of `kind`."""
+        while True:
+            message = await self.recv(wait)
+            if message["type"] != "ping":
+                assert message["type"] == kind, message
+                return message
+
+    async def events(self, project_id: str, count: int, wait: float = 10) -> list[dict[str, Any]]:
+        got: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout(wait)
+        while len(got) < count:
+            message = await self.recv(max(0.01, deadline - time.monotonic()))
+            if message.get("projectId") == project_id and "seq" in message and "data" in message:
+                got.append(message)
+        return got
+
+    async def silence(self, wait: float = 0.3) -> list[dict[str, Any]]:
+        """Whatever non-ping messages arrive within `wait` seconds."""
+        got = []
+        try:
+            while True:
+                message = await self.recv(wait)
+                if message["type"] != "ping":
+                    got.append(message)
+        except TimeoutError:
+            return got
+
+    async def subscribe(self, project_id: str, after: int | None = None) -> dict[str, Any]:
+        message: dict[str, Any] = {"type": "subscribe", "projectId": project_id}
+        if after is not None:
+            message["after"] = after
+        await self.ws.send(json.dumps(message))
+        return await self.expect("subscribed")
+
+
+async def open_client(
+    server: RunningServer, token: str | None = None, client_id: str | None = None, **kw: Any
+) -> WsClient:
+    url = server.ws_url + (f"?clientId={client_id}" if client_id else "")
+    ws = await connect(url, **kw)
+    client = WsClient(ws)
+    await client.send(type="auth", token=token or server.token())
+    client.welcome = await client.expect("welcome")
+    return client
+
+
+async def closed_with(ws: ClientConnection) -> int | None:
+    """The close code the server ends `ws` with (None: no close frame), skipping what arrives before."""
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            await asyncio.wait_for(ws.recv(), timeout(8))
+    return info.value.rcvd.code if info.value.rcvd else None
+
+
+# --- HTTP --------------------------------------------------------------------------------------------
+
+
+async def create(client: httpx.AsyncClient, *ids: str) -> None:
+    for pid in ids:
+        r = await client.post("/api/projects", json={"id": pid, "name": pid})
+        assert r.status_code == 201, r.text
+
+
+async def publish(client: httpx.AsyncClient, pid: str, n: int = 1, **data: Any) -> list[int]:
+    seqs = []
+    for _ in range(n):
+        r = await client.post(
+            f"/api/projects/{pid}/events", json={"type": "agent_run_progress", "data": {**RUN, **data}}
+        )
+        assert r.status_code == 201, r.text
+        seqs.append(r.json()["seq"])
+    return seqs
+
+
+def seqs_of(events: list[dict[str, Any]]) -> list[int]:
+    return [e["seq"] for e in events]
+
+
+# --- SSE ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Message:
+    """One SSE message as a browser's EventSource assembles it, plus the comments before it."""
+
+    id: str | None = None
+    event: str | None = None
+    data: list[str] = field(default_factory=list)
+    retry: int | None = None
+    comments: list[str] = field(default_factory=list)
+
+    @property
+    def json(self) -> dict[str, Any]:
+        value: dict[str, Any] = orjson.loads("\n".join(self.data))
+        return value
+
+
+class Stream:
+    """An open SSE response, read message by message."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self._lines = response.aiter_lines()
+        self.comments: list[str] = []  # every comment line seen so far, in order
+
+    async def next(self, wait: float = 5) -> Message:
+        message = Message()
+        async with asyncio.timeout(timeout(wait)):
+            async for line in self._lines:
+                if not line:
+                    if message.data or message.retry is not None or message.id is not None:
+                        return message
+                    continue
+                name, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if name == "":
+                    message.comments.append(value)
+                    self.comments.append(value)
+                elif name == "data":
+                    message.data.append(value)
+                elif name == "id":
+                    message.id = value
+                elif name == "event":
+                    message.event = value
+                elif name == "retry":
+                    message.retry = int(value)
+        raise EOFError("the stream ended")
+
+    async def events(self, count: int, wait: float = 10) -> list[Message]:
+        got: list[Message] = []
+        deadline = time.monotonic() + timeout(wait)
+        while len(got) < count:
+            message = await self.next(max(0.01, deadline - time.monotonic()))
+            if message.data:
+                got.append(message)
+        return got
+
+    async def ended(self, wait: float = 5) -> bool:
+        """True when the stream ends within `wait` seconds (whatever arrives before is skipped)."""
+        try:
+            async with asyncio.timeout(timeout(wait)):
+                async for line in self._lines:
+                    if line.startswith(":"):
+                        self.comments.append(line[1:].removeprefix(" "))
+            return True
+        except TimeoutError:
+            return False
+
+
+@asynccontextmanager
+async def stream(client: httpx.AsyncClient, url: str, **kw: Any) -> AsyncIterator[Stream]:
+    async with client.stream("GET", url, timeout=httpx.Timeout(timeout(10), read=None), **kw) as response:
+        assert response.status_code == 200, (await response.aread()).decode()
+        opened = Stream(response)
+        first = await opened.next()
+        assert first.retry == 2000 and not first.data  # `retry:` once, first
+        yield opened
