@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -45,7 +47,7 @@ def timeout(seconds: float) -> float:
 
 
 @pytest.fixture(scope="session")
-def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_url() -> Iterator[str]:
     """The admin URL of the PostgreSQL server the tests run against."""
     external = os.environ.get("TEST_DATABASE_URL")
     if external:
@@ -57,11 +59,15 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with PostgresContainer("postgres:16", driver=None) as container:
             yield container.get_connection_url()
         return
-    embedded = db.start_embedded(tmp_path_factory.mktemp("embedded"), database="herald_tests")
+    # Not under pytest's own temporary directories: a later pytest session on this machine removes the
+    # oldest of those, and with it the data directory of a server this session is still using.
+    home = Path(tempfile.mkdtemp(prefix="herald-tests-pg-"))
+    embedded = db.start_embedded(home, database="herald_tests")
     try:
         yield embedded.url
     finally:
         embedded.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 async def _admin(pg_url: str, sql: str) -> None:
