@@ -41,7 +41,7 @@ from service import auth, db  # noqa: E402
 BENCH = ROOT / "bench"
 CLIENT = BENCH / "client"
 RESULTS = BENCH / "results"
-SECRET = "bench-secret-" + "x" * 40
+SECRET = "bench-secret-Zq4Wm8Rt2Yp6Ks1Lx9Vb3Nc7Hd5Fj0Ga"
 PROJECT = "bench"
 
 
@@ -234,7 +234,14 @@ def herald(database_url: str, log_dir: Path, *, name: str = "herald", **env: str
     data_dir = log_dir / name
     data_dir.mkdir(parents=True, exist_ok=True)
     environment = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_") and k != "DATABASE_URL"}
-    environment.update(DATABASE_URL=database_url, HERALD_SECRET=SECRET, HERALD_DATA_DIR=str(data_dir), **env)
+    environment.update(DATABASE_URL=database_url, HERALD_SECRET=SECRET, HERALD_DATA_DIR=str(data_dir))
+    # A load test is one user with thousands of connections and one token publishing as fast as the
+    # service takes it: the per-user cap and the per-token rate would (rightly) refuse it. They are
+    # raised here, not turned off: the limiter still runs on every call it would run on.
+    environment.update(
+        HERALD_MAX_CONNECTIONS_PER_USER="1000000", HERALD_HTTP_RATE="1000000000", HERALD_HTTP_BURST="1000000000"
+    )
+    environment.update(env)
     command = [sys.executable, "-m", "service", "serve", "--port", "{port}", "--no-access-log"]
     command += ["--log-level", "warning"]
     server = ServerProcess(name, command, environment, "/healthz", log_path=log_dir / f"{name}.log")

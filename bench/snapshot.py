@@ -36,7 +36,7 @@ from service import auth, db, eventlog, state
 from service.app import create_app, server_config
 from service.config import load_settings
 
-SECRET = "bench-secret-" + "x" * 40
+SECRET = "bench-secret-Zq4Wm8Rt2Yp6Ks1Lx9Vb3Nc7Hd5Fj0Ga"
 PROJECT = "big"
 
 _BULK = """
@@ -174,7 +174,7 @@ async def bench(conn: asyncpg.Connection, url: str, events: int, requests: int, 
     with tempfile.TemporaryDirectory() as data_dir:
         settings = load_settings(database_url=url, secret=SECRET, data_dir=Path(data_dir))
         app = create_app(settings, frontend_dist=None)
-        server = uvicorn.Server(server_config(app, host="127.0.0.1", port=0, log_level="warning"))
+        server = uvicorn.Server(server_config(app, settings, host="127.0.0.1", port=0, log_level="warning"))
         serving = asyncio.create_task(server.serve())
         while not server.started:
             if serving.done():

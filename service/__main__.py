@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     app = create_app(settings)
-    config = server_config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    config = server_config(
+        app, settings, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log
+    )
     server = Server(config)
 
     async def serve() -> None:
@@ -47,7 +50,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn exposes only a flag
             await asyncio.sleep(0.05)
         demo: asyncio.Task[None] | None = None
-        if server.started:
+        if server.started and (args.print_url or args.demo):
+            # Only when asked for: a token nobody asked for is a token nobody will revoke.
             token = auth.issue(settings.signing_secret(), user="admin", projects="*", scopes=["admin"])
             host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
             port = server.servers[0].sockets[0].getsockname()[1] if server.servers else args.port
@@ -104,15 +108,53 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    if args.action == "revoke":
+        return cmd_token_revoke(args)
+    missing = [f"--{name}" for name in ("user", "projects", "scopes") if getattr(args, name) is None]
+    if missing or args.id is not None:
+        print("error: a token needs --user, --projects and --scopes (--id is for `token revoke`)", file=sys.stderr)
+        return 2
     settings = load_settings()
     projects = "*" if args.projects.strip() == "*" else [p.strip() for p in args.projects.split(",") if p.strip()]
     scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
     try:
-        token = auth.issue(settings.signing_secret(), user=args.user, projects=projects, scopes=scopes, ttl_s=args.ttl)
+        token = auth.issue(
+            settings.signing_secret(),
+            user=args.user,
+            projects=projects,
+            scopes=scopes,
+            ttl_s=args.ttl,
+            max_ttl_s=settings.token_max_ttl_s,
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(token)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    """Refuse every token of a user issued up to now, or one token by its id, on every instance."""
+    if (args.user is None) == (args.id is None) or args.projects is not None or args.scopes is not None:
+        print("error: token revoke takes --user USER or --id TOKEN_ID", file=sys.stderr)
+        return 2
+    settings = load_settings()
+
+    async def revoke(url: str) -> float:
+        import asyncpg
+
+        await db.migrate_async(url)
+        conn = await asyncpg.connect(db.asyncpg_dsn(url))
+        try:
+            return await auth.revoke(conn, user=args.user, token_id=args.id)
+        finally:
+            await conn.close()
+
+    with database(settings) as url:
+        moment = asyncio.run(revoke(url))
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
+    what = f"every token of user {args.user!r} issued up to {when}" if args.user else f"token {args.id}"
+    print(f"revoked {what}; instances refuse it within seconds", file=sys.stderr)
     return 0
 
 
@@ -189,11 +231,20 @@ def parser() -> argparse.ArgumentParser:
     migrate.add_argument("--down", metavar="REVISION", help="downgrade to REVISION instead (e.g. base)")
     migrate.set_defaults(func=cmd_migrate)
 
-    token = sub.add_parser("token", help="print a signed token, alone, on stdout")
-    token.add_argument("--user", required=True)
-    token.add_argument("--projects", required=True, help="comma-separated project ids, or '*' for all")
-    token.add_argument("--scopes", required=True, help="comma-separated: subscribe,publish,admin")
-    token.add_argument("--ttl", type=int, default=auth.DEFAULT_TTL_S, help="seconds (default 86400)")
+    token = sub.add_parser(
+        "token",
+        help="print a signed token, alone, on stdout; `token revoke` refuses tokens before they expire",
+        description="Issue a token (--user, --projects, --scopes), or revoke: `token revoke --user U` "
+        "refuses every token of U issued up to now, `token revoke --id JTI` one token.",
+    )
+    token.add_argument("action", nargs="?", choices=["revoke"], help="revoke instead of issuing")
+    token.add_argument("--user", help="who the token is for (1 to 128 printable characters)")
+    token.add_argument("--projects", help="comma-separated project ids, or '*' for all")
+    token.add_argument("--scopes", help="comma-separated: subscribe,publish,admin,metrics")
+    token.add_argument(
+        "--ttl", type=int, default=auth.DEFAULT_TTL_S, help="seconds (default 86400; at most HERALD_TOKEN_MAX_TTL_S)"
+    )
+    token.add_argument("--id", help="with revoke: the token's id (its `jti` claim)")
     token.set_defaults(func=cmd_token)
 
     project = sub.add_parser("project", help="manage projects")

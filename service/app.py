@@ -16,7 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from . import db, frames, runtime
+from . import db, frames, limits, runtime
 from .api import http, sse, webhooks, websocket
 from .auth import install_log_redaction
 from .config import Settings
@@ -44,13 +44,18 @@ class Server(uvicorn.Server):
 
 
 def server_config(
-    app: FastAPI, *, host: str, port: int, log_level: str = "info", access_log: bool = True
+    app: FastAPI, settings: Settings, *, host: str, port: int, log_level: str = "info", access_log: bool = True
 ) -> uvicorn.Config:
     """uvicorn settings that are part of the contract, shared by the CLI, the tests and the benchmarks."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
+        # uvicorn's httptools protocol, with limits on how long and how large a request's headers are
+        http=limits.http_protocol(
+            header_timeout_s=settings.header_timeout_s, max_header_bytes=settings.max_header_bytes
+        ),
+        limit_concurrency=settings.limit_concurrency,  # past it, new HTTP requests get 503
         ws=frames.protocol(),  # uvicorn's default (websockets-sansio), plus frames encoded once per event
         ws_max_size=MAX_MESSAGE_BYTES,  # a larger message closes the socket with 1009
         ws_per_message_deflate=False,  # compressing every message once per client costs ~20x at fan-out

@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     TOO_LARGE = "too_large"
     UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"  # extension: HTTP 500, a bug (logged); the body says nothing more
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {
@@ -47,6 +48,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.INTERNAL: 500,
 }
 
 
@@ -57,6 +59,7 @@ class CloseCode(IntEnum):
     POLICY_VIOLATION = 1008  # inbound rate limit exceeded persistently
     MESSAGE_TOO_BIG = 1009
     SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013  # too many connections for this user on this instance
     AUTH = 4401
     ORIGIN = 4403
     HEARTBEAT_TIMEOUT = 4408
@@ -71,6 +74,7 @@ RETRY_CLOSE_CODES: frozenset[int] = frozenset(
         CloseCode.GOING_AWAY,
         CloseCode.POLICY_VIOLATION,
         CloseCode.SERVICE_RESTART,
+        CloseCode.TRY_AGAIN_LATER,
         CloseCode.HEARTBEAT_TIMEOUT,
         CloseCode.SLOW_CONSUMER,
     }

@@ -7,6 +7,8 @@ secret, a guessable secret) is refused here rather than discovered later.
 
 from __future__ import annotations
 
+import os
+import resource
 import secrets
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +17,35 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_LENGTH = 32
+MIN_DISTINCT_CHARACTERS = 16
+MAKE_A_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+
+# Secrets that appear in documentation, examples and earlier versions of docker-compose.yml: anyone can
+# read them, so anyone could sign an admin token with them. Compared after lower-casing; a secret that
+# contains one of the markers is refused too.
+PLACEHOLDERS = frozenset({"change-me-to-a-long-random-string-of-32-chars"})
+PLACEHOLDER_MARKERS = ("change-me", "changeme", "change_me", "placeholder", "your-secret", "replace-me", "example")
+
+
+def secret_problem(value: str, name: str) -> str | None:
+    """Why `value` may not sign tokens, or None when it may."""
+    lowered = value.lower()
+    if lowered in PLACEHOLDERS or any(marker in lowered for marker in PLACEHOLDER_MARKERS):
+        return f"{name} is a placeholder from an example, which anyone can read"
+    if len(value) < MIN_SECRET_LENGTH:
+        return f"{name} must be at least {MIN_SECRET_LENGTH} characters"
+    if len(set(value)) < MIN_DISTINCT_CHARACTERS:
+        return f"{name} has fewer than {MIN_DISTINCT_CHARACTERS} distinct characters: it is guessable"
+    return None
+
+
+def default_concurrency() -> int:
+    """Connections the process can hold: its open-file limit, less room for the database pool, the
+    listener, log files and the embedded server's sockets."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 100_000
+    return max(64, soft - 128)
 
 
 class ConfigError(Exception):
@@ -27,6 +58,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     data_dir: Path = Field(default=Path(".herald"), validation_alias="HERALD_DATA_DIR")
     secret: str | None = Field(default=None, validation_alias="HERALD_SECRET")
+    # Secrets of before a rotation: tokens they signed stay valid until these are removed.
+    previous_secrets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="HERALD_PREVIOUS_SECRETS"
+    )
+    token_max_ttl_s: int = Field(default=2_592_000, ge=60, validation_alias="HERALD_TOKEN_MAX_TTL_S")
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias="HERALD_ALLOWED_ORIGINS"
     )
@@ -36,17 +72,39 @@ class Settings(BaseSettings):
     # How long a request waits for a pooled connection or a statement before answering 503.
     db_timeout_s: float = Field(default=5.0, gt=0, validation_alias="HERALD_DB_TIMEOUT_S")
     pool_size: int = Field(default=10, ge=1, le=200, validation_alias="HERALD_POOL_SIZE")
-    # Per WebSocket: frames queued for a client before it counts as unable to keep up (closed 4429).
-    ws_outbox: int = Field(default=2048, ge=8, validation_alias="HERALD_WS_OUTBOX")
+    # Per connection: bytes queued for a client (outbox and socket buffer together). A client past it
+    # is served from the log at its own pace instead of live; one that accepts no bytes for
+    # `ws_stall_s` while frames wait is closed with 4429.
+    ws_outbox_bytes: int = Field(default=8 * 1024 * 1024, ge=256 * 1024, validation_alias="HERALD_WS_OUTBOX_BYTES")
+    ws_stall_s: float = Field(default=10.0, gt=0, validation_alias="HERALD_WS_STALL_S")
     # Per WebSocket: inbound messages per second (token bucket) and the burst allowed above it.
     ws_rate: float = Field(default=500, gt=0, validation_alias="HERALD_WS_RATE")
     ws_burst: float = Field(default=1000, ge=1, validation_alias="HERALD_WS_BURST")
+    # Per token: HTTP calls per second (token bucket) and the burst allowed above it.
+    http_rate: float = Field(default=200, gt=0, validation_alias="HERALD_HTTP_RATE")
+    http_burst: float = Field(default=400, ge=1, validation_alias="HERALD_HTTP_BURST")
+    # Per user on one instance: WebSocket and SSE connections open at once.
+    max_connections_per_user: int = Field(default=200, ge=1, validation_alias="HERALD_MAX_CONNECTIONS_PER_USER")
+    # A request whose headers are not complete in this time, or exceed `max_header_bytes`, is dropped.
+    header_timeout_s: float = Field(default=10.0, gt=0, validation_alias="HERALD_HEADER_TIMEOUT_S")
+    max_header_bytes: int = Field(default=64 * 1024, ge=4096, validation_alias="HERALD_MAX_HEADER_BYTES")
+    # Connections and requests in progress before new HTTP requests get 503 (uvicorn's limit_concurrency).
+    limit_concurrency: int = Field(
+        default_factory=default_concurrency, ge=1, validation_alias="HERALD_LIMIT_CONCURRENCY"
+    )
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("previous_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [s.strip() for s in value.split(",") if s.strip()]
         return value
 
     @field_validator("github_webhook_secret", mode="before")
@@ -60,8 +118,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_secret(self) -> Settings:
-        if self.secret is not None and len(self.secret) < MIN_SECRET_LENGTH:
-            raise ConfigError(f"HERALD_SECRET must be at least {MIN_SECRET_LENGTH} characters")
+        named = [("HERALD_SECRET", self.secret)] if self.secret is not None else []
+        named += [(f"HERALD_PREVIOUS_SECRETS[{i}]", s) for i, s in enumerate(self.previous_secrets)]
+        for name, value in named:
+            problem = secret_problem(value, name)
+            if problem is not None:
+                raise ConfigError(f"{problem}; make one with: {MAKE_A_SECRET}")
         if self.database_url is not None and self.secret is None:
             raise ConfigError(
                 "HERALD_SECRET is required when DATABASE_URL is set: every instance on one database "
@@ -88,18 +150,25 @@ class Settings(BaseSettings):
             return self.secret
         path = self.data_dir / "secret"
         if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            candidate = secrets.token_urlsafe(48)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             try:
-                with open(path, "x", encoding="utf-8") as f:  # "x": never overwrite a concurrent writer
-                    f.write(candidate)
-                path.chmod(0o600)
+                # Owner-only from the first byte (no window between create and chmod), and O_EXCL: never
+                # overwrite a concurrent writer's secret.
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
                 pass
+            else:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(secrets.token_urlsafe(48))
         value = path.read_text(encoding="utf-8").strip()
-        if len(value) < MIN_SECRET_LENGTH:
-            raise ConfigError(f"{path} holds a secret shorter than {MIN_SECRET_LENGTH} characters")
+        problem = secret_problem(value, str(path))
+        if problem is not None:
+            raise ConfigError(f"{problem}; delete it to have a new one generated")
         return value
+
+    def verification_secrets(self) -> list[str]:
+        """Every secret whose tokens are accepted: the signing one first, then those of before a rotation."""
+        return [self.signing_secret(), *self.previous_secrets]
 
 
 def load_settings(**overrides: object) -> Settings:

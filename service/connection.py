@@ -1,11 +1,13 @@
-"""One client connection on this process: its transport, its bounded outbox and writer, its
-subscriptions, and the heartbeat and token expiry that end it.
+"""One client connection on this process: its transport, its outbox and writer, its byte budget, its
+subscriptions, and the heartbeat, expiry and stall checks that end it.
 
 A WebSocket and an SSE stream are both a `Client`; they differ only in their `Transport`
-(transports.py). Everything a client is sent (events and replies alike) goes through `push`, so it
-sees one order. Live fan-out never waits for a client: `push` writes at once when it can, else queues
-in the outbox, and a client whose outbox overflows is closed with 4429 and resumes from its cursor
-(docs/delivery.md).
+(transports.py). Everything a client is sent (events and replies alike) goes through the outbox's
+one order. What waits for a client, in the outbox and in the socket's buffer together, is bounded by
+its byte budget (HERALD_WS_OUTBOX_BYTES): live fan-out `offer`s events and is refused past it, and
+the subscription then reads from the log at the client's pace instead (feed.py), so a client that
+keeps reading, however slowly, is never closed for being behind. One that accepts no bytes at all
+for `stall_s` while frames wait is closed with 4429 (docs/delivery.md, "Backpressure").
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ Frame = str | EncodedEvent
 """What a client is sent: an event, encoded once for everyone, or a reply (JSON text) of its own."""
 
 
+def size(frame: Frame) -> int:
+    """What a frame costs in the budget: an event's WebSocket frame, a reply's length."""
+    return len(frame.frame) if isinstance(frame, EncodedEvent) else len(frame)
+
+
 class Transport(Protocol):
     """What a connection needs of its transport: WebSocket and SSE both provide it."""
 
@@ -45,12 +52,22 @@ class Transport(Protocol):
 
     async def close(self, code: int, reason: str) -> None: ...
 
+    def buffered(self) -> int:
+        """Bytes written to the connection that the peer has not taken yet (the socket's buffer)."""
+        ...
+
 
 class Outbox:
-    """A bounded FIFO of frames for one client, drained by one writer."""
+    """The frames waiting for one client's writer, in order, and their bytes.
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    `budget` is the client's byte budget: the outbox itself never refuses a frame (replies must go
+    out), but it has `room` only while it holds at most a quarter of the budget, which is what a
+    catch-up waits for before it reads another page from the log.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.bytes = 0
         self._frames: deque[Frame] = deque()
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
@@ -61,17 +78,18 @@ class Outbox:
         return len(self._frames)
 
     def put(self, frame: Frame) -> bool:
-        """Queue without waiting; False when full (the client cannot keep up)."""
-        if self.closed or len(self._frames) >= self.limit:
+        """Queue without waiting; False once the outbox is closed."""
+        if self.closed:
             return False
         self._frames.append(frame)
+        self.bytes += size(frame)
         self._ready.set()
-        if len(self._frames) > self.limit // 2:
+        if self.bytes > self.budget // 4:
             self._room.clear()
         return True
 
     async def room(self) -> None:
-        """Wait until the outbox is at most half full (catch-up leaves the rest to live events)."""
+        """Wait until the outbox holds at most a quarter of the budget (or is closed)."""
         await self._room.wait()
 
     async def get(self) -> Frame | None:
@@ -82,19 +100,25 @@ class Outbox:
         if self.closed:
             return None
         frame = self._frames.popleft()
-        if len(self._frames) <= self.limit // 2:
+        self.bytes -= size(frame)
+        if self.bytes <= self.budget // 4:
             self._room.set()
         return frame
 
-    def flush(self, send_now: Callable[[Sequence[Frame]], bool]) -> None:
-        """Hand everything queued to `send_now` in one call; drop it from the queue if it was taken."""
+    def flush(self, send_now: Callable[[Sequence[Frame]], bool]) -> int:
+        """Hand everything queued to `send_now` in one call; drop it from the queue if it was taken.
+        Returns the bytes handed over."""
         if self._frames and not self.closed and send_now(list(self._frames)):
+            handed, self.bytes = self.bytes, 0
             self._frames.clear()
             self._room.set()
+            return handed
+        return 0
 
     def close(self) -> None:
         self.closed = True
         self._frames.clear()
+        self.bytes = 0
         self._ready.set()
         self._room.set()
 
@@ -112,6 +136,7 @@ class Client:
     client_id: str
     outbox: Outbox
     heartbeat_s: float | None = None
+    stall_s: float = 10.0
     connection_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     subscriptions: dict[str, Subscription] = field(default_factory=dict)
     last_seen: float = field(default_factory=time.monotonic)
@@ -122,6 +147,9 @@ class Client:
     close_grace_s: float = 5.0
     _force_close: asyncio.TimerHandle | None = None
     _sending: bool = False  # the writer is in the middle of a send
+    handed: int = 0  # bytes handed to the transport so far
+    last_progress: float = field(default_factory=time.monotonic)  # when the peer last took bytes
+    _drained: int = 0  # bytes the peer had taken at the last tick
 
     def __post_init__(self) -> None:
         if self.heartbeat_s:
@@ -133,13 +161,21 @@ class Client:
     def user(self) -> str:
         return self.principal.user
 
+    @property
+    def budget(self) -> int:
+        return self.outbox.budget
+
+    def pending(self) -> int:
+        """Bytes waiting for the client: in the outbox and in the socket's buffer."""
+        return self.outbox.bytes + self.transport.buffered()
+
     def push(self, frame: Frame) -> bool:
         """Send or queue one frame; see `push_many`."""
         return self.push_many((frame,))
 
     def push_many(self, frames: Sequence[Frame]) -> bool:
-        """Send `frames` in order, or queue them; on overflow the client is closed with 4429 and False
-        is returned. Never waits.
+        """Send `frames` in order, or queue them, whatever the budget (replies must go out; a catch-up
+        paces itself by `room`); False once the client is closed. Never waits.
 
         When nothing is queued and the writer is idle, the frames are written right here, all at once,
         if the transport takes them without waiting (the usual case: a WebSocket whose buffer is not
@@ -150,12 +186,18 @@ class Client:
         if self.close_code is not None:
             return False
         if not self._sending and not self.outbox and self.transport.send_now(frames):
+            self.handed += sum(size(f) for f in frames)
             return True
         for frame in frames:
-            if not self.outbox.put(frame):
-                self.close(CloseCode.SLOW_CONSUMER, "outbound buffer overflow: reconnect and resume from your cursor")
-                return False
+            self.outbox.put(frame)
         return True
+
+    def offer(self, events: Sequence[EncodedEvent]) -> bool:
+        """Live fan-out: push `events` if they fit the budget with what already waits; else push
+        nothing and return False (the subscription then catches up from the log instead)."""
+        if self.close_code is not None or self.pending() + sum(len(e.frame) for e in events) > self.budget:
+            return False
+        return self.push_many(events)
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection with `code` (the first reason wins) once the writer gets to it; what is
@@ -180,7 +222,8 @@ class Client:
             while (frame := await self.outbox.get()) is not None:
                 self._sending = True
                 await self.transport.send(frame)  # waits while the client is not reading
-                self.outbox.flush(self.transport.send_now)  # what queued up meanwhile, in one write
+                self.handed += size(frame)
+                self.handed += self.outbox.flush(self.transport.send_now)  # what queued meanwhile, in one write
                 self._sending = False
         finally:
             if self._force_close is not None:
@@ -194,10 +237,18 @@ class Client:
         self.last_seen = time.monotonic()
 
     def tick(self, now: float, wall: float) -> None:
-        """Close the client if its token expired (4401) or it went silent for two heartbeats (4408);
-        else ping it when a heartbeat is due. `now` is monotonic, `wall` the epoch time."""
+        """Close the client if its token expired (4401), if it took no bytes for `stall_s` while frames
+        waited (4429), or if it went silent for two heartbeats (4408); else ping it when a heartbeat
+        is due. `now` is monotonic, `wall` the epoch time."""
+        buffered = self.transport.buffered()
+        drained = self.handed - buffered
+        if drained > self._drained or not (self.outbox or buffered or self._sending):
+            self.last_progress = now  # it took bytes, or nothing waits for it
+        self._drained = drained
         if self.principal.expires_at <= wall:
             self.close(CloseCode.AUTH, "token expired")
+        elif now - self.last_progress > self.stall_s:
+            self.close(CloseCode.SLOW_CONSUMER, f"took no bytes for {self.stall_s:g} s: reconnect and resume")
         elif self.heartbeat_s is None:
             return
         elif now - self.last_seen > 2 * self.heartbeat_s:

@@ -466,6 +466,38 @@ async def read_after(conn: asyncpg.Connection, project_id: str, after: int, limi
     return [StoredEvent(**dict(r)) for r in rows]
 
 
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Events read in seq order, and whether the read stopped at one of its limits (more may follow)."""
+
+    events: list[StoredEvent]
+    full: bool
+
+
+# Bounded in bytes as well as in events: the running total of the events' JSON sizes, in seq order,
+# computed as the index is scanned (the LIMIT stops the scan). An event is in the run if the run held
+# fewer than $4 bytes before it, so a run has at least one event, however large.
+_READ_RUN = f"""
+SELECT * FROM (
+    SELECT {_EVENT_COLUMNS}, sum(octet_length(data::text)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS upto
+    FROM events WHERE project_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
+) AS page
+WHERE upto - octet_length(data) < $4
+ORDER BY seq
+"""
+
+
+async def read_run(conn: asyncpg.Connection, project_id: str, after: int, *, max_events: int, max_bytes: int) -> Run:
+    """The events with seq > `after`, in seq order, as many as fit in `max_events` and in `max_bytes`
+    of JSON (at least one): `read_after` for readers whose memory must stay bounded (a page of large
+    events held for a slow client would otherwise be the whole page)."""
+    rows = await conn.fetch(_READ_RUN, project_id, after, max_events, max_bytes)
+    events = [
+        StoredEvent(r["project_id"], r["seq"], r["message_id"], r["type"], r["data"], r["created_at"]) for r in rows
+    ]
+    return Run(events, full=len(rows) == max_events or (bool(rows) and rows[-1]["upto"] >= max_bytes))
+
+
 async def read_page(
     conn: asyncpg.Connection,
     project_id: str,

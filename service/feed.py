@@ -10,8 +10,11 @@ another's work.
   own pace, and only then joins the live fan-out. The switch happens without an `await` between
   "am I caught up with the feed?" and "I am live", so no event can slip between catch-up and live
   delivery, and a subscriber skips whatever it already has: no gap, no duplicate.
-* Catch-up waits for room in the client's outbox (it reads at the client's pace anyway); live
-  fan-out never waits for a client.
+* Catch-up reads pages bounded in bytes (a quarter of the client's byte budget) and waits for room
+  in the client's outbox before each (so it reads at the client's pace, and what waits for a client
+  stays within its budget, however large the events or the backlog). Live fan-out never waits for
+  a client: a client that cannot take a run within its budget goes back to catching up from the
+  log, at its own pace, until it is current again; nothing is lost and nobody is closed for it.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Feed:
         connection: ConnectionFactory,
         broadcast: Broadcast,
         page_size: int = 1000,
+        page_bytes: int = 1024 * 1024,
         retry_delay_s: float = 0.5,
         on_send: OnSend | None = None,
     ) -> None:
@@ -59,6 +63,7 @@ class Feed:
         self._connection = connection
         self._broadcast = broadcast
         self.page_size = page_size
+        self.page_bytes = page_bytes  # of the live fan-out's runs
         self.retry_delay_s = retry_delay_s
         self._on_send = on_send  # metrics: (event, subscribers reached)
         self._pumping = False
@@ -102,14 +107,17 @@ class Feed:
             while self._open:
                 self._dirty = False
                 async with self._connection() as conn:
-                    events = await eventlog.read_after(conn, self.project_id, self.delivered, self.page_size)
+                    run = await eventlog.read_run(
+                        conn, self.project_id, self.delivered, max_events=self.page_size, max_bytes=self.page_bytes
+                    )
+                events = run.events
                 if events and self._open:
                     reached = self._broadcast(self.project_id, [EncodedEvent.of(e) for e in events])
                     self.delivered = events[-1].seq
                     if self._on_send is not None:
                         for event, count in zip(events, reached, strict=True):
                             self._on_send(event, count)
-                if len(events) < self.page_size and not self._dirty:
+                if not run.full and not self._dirty:
                     break
         except DatabaseUnavailable as exc:
             logger.warning("fan-out of %s paused, database unavailable: %s", self.project_id, exc)
@@ -120,28 +128,26 @@ class Feed:
 
     async def _catch_up(self, sub: Subscription) -> None:
         client = sub.client
-        outbox = client.outbox
-        # A page fits in the room left once the outbox is at most half full.
-        page = max(1, min(self.page_size, outbox.limit // 2))
+        page_bytes = max(1, client.budget // 4)
         while client.subscriptions.get(sub.project_id) is sub:
-            await outbox.room()
+            await client.outbox.room()
+            if client.close_code is not None:
+                return  # its connection ends and the hub lets go of it
             try:
                 async with self._connection() as conn:
-                    events = await eventlog.read_after(conn, sub.project_id, sub.position, page)
+                    run = await eventlog.read_run(
+                        conn, sub.project_id, sub.position, max_events=self.page_size, max_bytes=page_bytes
+                    )
             except DatabaseUnavailable:
                 await asyncio.sleep(self.retry_delay_s)
                 continue
             if client.subscriptions.get(sub.project_id) is not sub:
                 return
-            if events:
-                while len(outbox) + len(events) > outbox.limit:  # other subscriptions share the outbox
-                    await outbox.room()
-                    if client.subscriptions.get(sub.project_id) is not sub:
-                        return
-                if not client.push_many([EncodedEvent.of(e) for e in events]):
-                    return  # closed (4429): its connection ends and the hub lets go of it
-                sub.position = events[-1].seq
-            if len(events) < page and sub.position >= self.delivered:
+            if run.events:
+                if not client.push_many([EncodedEvent.of(e) for e in run.events]):
+                    return
+                sub.position = run.events[-1].seq
+            if not run.full and sub.position >= self.delivered:
                 # No await between the check above and this switch: the pump cannot run in between.
                 sub.live = True
                 self.live.add(sub)

@@ -11,7 +11,9 @@ default) with one ASGI extension, `herald.frames`: a `write(data)` that puts alr
 on the connection's transport at once, and refuses (False) whenever that would not be exactly what
 `websocket.send` does right now: before the handshake completes, after a close was sent or received,
 or while the transport is paused because the client is not reading (the caller then sends through
-ASGI, which waits for room). Everything else (handshake, reading, pings, close) is uvicorn's.
+ASGI, which waits for room); and a `buffered()` that tells how many written bytes the peer has not
+taken yet (the connection's byte budget counts them). Everything else (handshake, reading, pings,
+close) is uvicorn's.
 
 The extension reads a few attributes of uvicorn's protocol that are not public API. `probe()` checks
 at start-up that they are there; when they are not (another uvicorn, another ASGI server), Herald logs
@@ -115,7 +117,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)  # absent when the handshake was refused
         if scope is not None:
             extensions = cast(dict[str, Any], scope["extensions"])
-            extensions[EXTENSION] = {"write": self.write_frames}
+            extensions[EXTENSION] = {"write": self.write_frames, "buffered": self.buffered}
 
     def write_frames(self, data: bytes) -> bool:
         """Write encoded frames now if a `websocket.send` would go out now without waiting; else
@@ -131,3 +133,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             return False
         self.transport.write(data)
         return True
+
+    def buffered(self) -> int:
+        """Bytes written to the socket that the peer has not taken yet."""
+        transport = self.transport
+        return 0 if transport is None or transport.is_closing() else transport.get_write_buffer_size()

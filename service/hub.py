@@ -37,21 +37,33 @@ class Hub:
         connection: ConnectionFactory,
         *,
         page_size: int = 1000,
+        outbox_bytes: int = 8 * 1024 * 1024,
         retry_delay_s: float = 0.5,
         on_send: OnSend | None = None,
     ) -> None:
         self._connection = connection
         self.page_size = page_size
+        # A live run must fit a client's byte budget with room to spare, or every client would be sent
+        # back to catching up by it.
+        self.page_bytes = min(1024 * 1024, outbox_bytes // 8)
         self.retry_delay_s = retry_delay_s
         self._on_send = on_send
         self.clients: set[Client] = set()
+        self._per_user: dict[str, int] = {}  # open connections per user
         self._feeds: dict[str, Feed] = {}
 
     # --- the seed's verbs ------------------------------------------------------------------------
 
     def add_client(self, client: Client) -> None:
-        """Count `client` as connected here (for heartbeats, expiry, shutdown and /metrics)."""
-        self.clients.add(client)
+        """Count `client` as connected here (for heartbeats, expiry, revocation, shutdown, /metrics and
+        the per-user cap)."""
+        if client not in self.clients:
+            self.clients.add(client)
+            self._per_user[client.user] = self._per_user.get(client.user, 0) + 1
+
+    def connections_of(self, user: str) -> int:
+        """How many connections `user` has open on this process."""
+        return self._per_user.get(user, 0)
 
     def connect(self, client: Client, project_id: str, *, after: int, head: int) -> Subscription:
         """Subscribe `client` to `project_id` from `after` (exclusive); replaces an earlier subscription.
@@ -68,6 +80,7 @@ class Hub:
                 connection=self._connection,
                 broadcast=self.broadcast_to_project,
                 page_size=self.page_size,
+                page_bytes=self.page_bytes,
                 retry_delay_s=self.retry_delay_s,
                 on_send=self._on_send,
             )
@@ -91,14 +104,20 @@ class Hub:
                 if not feed.subscribers:
                     del self._feeds[pid]
                     feed.close()
-        if project_id is None:
+        if project_id is None and client in self.clients:
             self.clients.discard(client)
+            left = self._per_user[client.user] - 1
+            if left:
+                self._per_user[client.user] = left
+            else:
+                del self._per_user[client.user]
 
     def broadcast_to_project(self, project_id: str, events: Sequence[EncodedEvent]) -> list[int]:
         """Hand a contiguous run of events to every live local subscriber of the project: each gets, in
         one push, the part of the run after its position (a subscriber that read some of them during
         its catch-up skips those). Returns, per event, how many subscribers it reached. Never waits: a
-        client whose outbox overflows is closed (4429) and disconnected."""
+        subscriber whose client cannot take the run within its byte budget goes back to catching up
+        from the log (it gets the same events, at its own pace)."""
         feed = self._feeds.get(project_id)
         if feed is None or not events:
             return [0] * len(events)
@@ -112,11 +131,13 @@ class Hub:
                 logger.warning("subscriber behind the feed on %s; catching it up", project_id)
                 feed.catch_up(sub)
                 continue
-            if sub.client.push_many(events[start:] if start else events):
+            if sub.client.offer(events[start:] if start else events):
                 sub.position = last
                 starts[start] += 1
-            else:
+            elif sub.client.close_code is not None:
                 self.disconnect(sub.client)
+            else:
+                feed.catch_up(sub)
         reached, running = [], 0
         for count in starts:
             running += count

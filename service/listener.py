@@ -1,14 +1,14 @@
 """The one LISTEN connection per process, and its reconnects.
 
-A NOTIFY only wakes a project's feed; the feed always re-reads the log after what it has delivered.
-So the listener's job is to keep waking the feeds reliably:
+A NOTIFY is only a wake-up: a project's feed always re-reads the log after what it has delivered, and
+the token revocations are reloaded whole. So the listener's job is to keep waking reliably:
 
 * its own asyncpg connection, never a pooled one (a pool resets connections with `UNLISTEN *`);
 * a dead connection is noticed by asyncpg's termination callback and by a periodic `SELECT 1`,
   then replaced with exponential backoff and full jitter;
-* after every (re)connect, and every `safety_interval_s` anyway, every subscribed project whose
-  head has moved is re-read, so events written while it was deaf, or whose notification was lost,
-  still arrive.
+* after every (re)connect, and every `safety_interval_s` anyway, `refresh` runs on its connection
+  (the runtime re-reads every subscribed project whose head has moved and reloads the revocations),
+  so what was written while it was deaf, or whose notification was lost, still arrives.
 """
 
 from __future__ import annotations
@@ -17,31 +17,33 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncpg
 
-from . import eventlog
 from .db import UNAVAILABLE_ERRORS, asyncpg_dsn
-from .eventlog import NOTIFY_CHANNEL
-from .hub import Hub
 
 logger = logging.getLogger("herald.listener")
+
+APPLICATION_NAME = "herald listener"
 
 
 class Listener:
     def __init__(
         self,
         url: str,
-        hub: Hub,
         *,
+        channels: Mapping[str, Callable[[str], None]],
+        refresh: Callable[[asyncpg.Connection], Awaitable[None]],
         safety_interval_s: float = 2.0,
         check_interval_s: float = 5.0,
         connect_timeout_s: float = 5.0,
         max_backoff_s: float = 5.0,
     ) -> None:
         self.dsn = asyncpg_dsn(url)
-        self.hub = hub
+        self.channels = channels  # channel -> what its payload wakes
+        self.refresh = refresh
         self.safety_interval_s = safety_interval_s
         self.check_interval_s = check_interval_s
         self.connect_timeout_s = connect_timeout_s
@@ -51,10 +53,9 @@ class Listener:
         self.notifications = 0
         self._conn: asyncpg.Connection | None = None
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
         self.notifications += 1
-        project_id, _, seq = payload.rpartition(":")
-        self.hub.wake(project_id, int(seq) if seq.isdigit() else None)
+        self.channels[channel](payload)
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting forever."""
@@ -63,7 +64,10 @@ class Listener:
             lost = asyncio.Event()
             try:
                 conn = await asyncpg.connect(
-                    self.dsn, timeout=self.connect_timeout_s, command_timeout=self.connect_timeout_s
+                    self.dsn,
+                    timeout=self.connect_timeout_s,
+                    command_timeout=self.connect_timeout_s,
+                    server_settings={"application_name": APPLICATION_NAME},  # for pg_stat_activity
                 )
             except Exception as exc:  # refused, shutting down, not accepting: all mean "try again"
                 delay = random.uniform(0, min(self.max_backoff_s, 0.1 * 2**attempt))
@@ -75,9 +79,10 @@ class Listener:
             self._conn = conn
             try:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                for channel in self.channels:
+                    await conn.add_listener(channel, self._on_notify)
                 self.connected.set()
-                await self._reread(conn)
+                await self.refresh(conn)
                 await self._watch(conn, lost)
             except UNAVAILABLE_ERRORS as exc:
                 logger.warning("listener connection lost: %s", exc)
@@ -97,15 +102,7 @@ class Listener:
                 await asyncio.wait_for(lost.wait(), self.safety_interval_s)
             if lost.is_set() or conn.is_closed():
                 return
-            await self._reread(conn)
+            await self.refresh(conn)
             if loop.time() >= next_check:
                 next_check = loop.time() + self.check_interval_s
                 await conn.fetchval("SELECT 1", timeout=self.connect_timeout_s)
-
-    async def _reread(self, conn: asyncpg.Connection) -> None:
-        """Wake every subscribed project whose head is past what this process delivered (one query,
-        on the listener's own connection)."""
-        projects = self.hub.projects()
-        if projects:
-            for project_id, head in (await eventlog.heads(conn, projects)).items():
-                self.hub.wake(project_id, head)

@@ -2,24 +2,31 @@
 
 `start` brings up (or joins) the database, migrates it and opens the pool; a `Runtime` then wires
 the delivery machinery: the group commit (eventlog.Appender), the held acks (cursors.AckBuffer), the
-hub, the listener that wakes it, the heartbeat ticker, the metrics. Routes never see the Runtime:
-they get the one part they use (api/dependencies.py).
+hub, the listener that wakes it (and reloads the token revocations), the heartbeat ticker, the
+metrics, the token verifier and the edge limits. Routes never see the Runtime: they get the one part
+they use (api/dependencies.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass, field
 
-from . import db, eventlog
+import asyncpg
+
+from . import auth, db, eventlog
 from .codes import CloseCode
 from .config import Settings
 from .connection import keep_alive
 from .cursors import AckBuffer
 from .hub import Hub
+from .limits import RateLimits
 from .listener import Listener
 from .metrics import Metrics
+
+logger = logging.getLogger("herald.runtime")
 
 
 @dataclass
@@ -36,16 +43,64 @@ class Runtime:
     acks: AckBuffer = field(init=False)
     listener: Listener = field(init=False)
     metrics: Metrics = field(init=False)
+    verifier: auth.Verifier = field(init=False)
+    http_limits: RateLimits = field(init=False)
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         connection = self.database.connection
+        settings = self.settings
         self.metrics = Metrics()
-        self.hub = Hub(connection, on_send=self.metrics.sent)
+        self.hub = Hub(connection, on_send=self.metrics.sent, outbox_bytes=settings.ws_outbox_bytes)
         self.metrics.watch(self.hub)
         self.appender = eventlog.Appender(connection)
         self.acks = AckBuffer(connection)
-        self.listener = Listener(self.database_url, self.hub)
+        self.verifier = auth.Verifier(settings.verification_secrets(), max_ttl_s=settings.token_max_ttl_s)
+        self.http_limits = RateLimits(settings.http_rate, settings.http_burst)
+        self.listener = Listener(
+            self.database_url,
+            channels={eventlog.NOTIFY_CHANNEL: self._wake, auth.REVOCATIONS_CHANNEL: self._revocations_changed},
+            refresh=self._refresh,
+        )
+
+    # --- what the listener hears -----------------------------------------------------------------
+
+    def _wake(self, payload: str) -> None:
+        """`project:seq`: the project's log reached seq; its feed reads what it has not delivered."""
+        project_id, _, seq = payload.rpartition(":")
+        self.hub.wake(project_id, int(seq) if seq.isdigit() else None)
+
+    def _revocations_changed(self, payload: str) -> None:
+        task = asyncio.create_task(self._reload_revocations())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def _reload_revocations(self, conn: asyncpg.Connection | None = None) -> None:
+        """Load the revocations in force, refuse their tokens from now on, and close the connections
+        that were opened with them (4401; an SSE stream ends)."""
+        if conn is None:
+            try:
+                async with self.database.connection() as pooled:
+                    await self._reload_revocations(pooled)
+            except db.DatabaseUnavailable as exc:  # the listener's next refresh tries again
+                logger.warning("reloading revocations failed: %s", exc)
+            return
+        revocations = await auth.load_revocations(conn, max_ttl_s=self.settings.token_max_ttl_s)
+        if revocations == self.verifier.revocations:
+            return
+        self.verifier.revocations = revocations
+        for client in list(self.hub.clients):
+            if revocations.refuse(client.principal):
+                client.close(CloseCode.AUTH, "token revoked")
+
+    async def _refresh(self, conn: asyncpg.Connection) -> None:
+        """After every (re)connect of the listener and every few seconds: re-read every subscribed
+        project whose head moved, and reload the revocations, in case a NOTIFY was lost."""
+        projects = self.hub.projects()
+        if projects:
+            for project_id, head in (await eventlog.heads(conn, projects)).items():
+                self.hub.wake(project_id, head)
+        await self._reload_revocations(conn)
 
     def start_background(self) -> None:
         heartbeat_s = self.settings.heartbeat_ms / 1000

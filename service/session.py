@@ -19,7 +19,6 @@ were handled to the end before the next. `accepting` tells the driver when to re
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from .auth import InvalidToken, Principal
 from .codes import CloseCode, ErrorCode
 from .db import DatabaseUnavailable
 from .eventlog import ProjectNotFound, StoredEvent
+from .limits import RateLimit
 from .messages import (
     EVENT_TYPES,
     AckMessage,
@@ -184,39 +184,6 @@ class _RateLimited:
 
 
 _Inbound = _Message | _Subscribe | _RateLimited
-
-
-class RateLimit:
-    """A token bucket per connection; persistent abuse (many rejections in a window) closes with 1008."""
-
-    def __init__(
-        self,
-        rate: float,
-        burst: float,
-        max_rejections: int = 50,
-        window_s: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens = burst
-        self.clock = clock
-        self.stamp = clock()
-        self.max_rejections, self.window_s = max_rejections, window_s
-        self.rejections: list[float] = []
-
-    def allow(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        self.rejections = [t for t in self.rejections if now - t < self.window_s] + [now]
-        return False
-
-    @property
-    def exhausted(self) -> bool:
-        return len(self.rejections) > self.max_rejections
 
 
 def encode(**fields: Any) -> str:

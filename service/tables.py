@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
     LargeBinary,
     MetaData,
@@ -96,4 +98,18 @@ webhook_deliveries = Table(
     Column("project_id", Text, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("hook_id", "delivery_id", name="webhook_deliveries_pkey"),
+)
+
+
+# Tokens refused before their expiry (auth.py): one token by its id (`jti`), or every token of a user
+# issued up to `revoked_at`. Each instance holds them in memory and reloads them when notified.
+token_revocations = Table(
+    "token_revocations",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("user", Text, nullable=True),
+    Column("token_id", Text, nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint('("user" IS NULL) <> (token_id IS NULL)', name="token_revocations_one_kind"),
+    Index("token_revocations_recent", "revoked_at"),
 )

@@ -26,6 +26,7 @@ class WebSocketTransport:
         self.websocket = websocket
         extension = (websocket.scope.get("extensions") or {}).get(frames.EXTENSION)
         self._write: Callable[[bytes], bool] | None = extension["write"] if extension else None
+        self._buffered: Callable[[], int] | None = extension["buffered"] if extension else None
 
     async def send(self, frame: Frame) -> None:
         await self.websocket.send_text(frame.text if isinstance(frame, EncodedEvent) else frame)
@@ -39,6 +40,11 @@ class WebSocketTransport:
 
     async def close(self, code: int, reason: str) -> None:
         await self.websocket.close(code=code, reason=reason[:120])
+
+    def buffered(self) -> int:
+        # Without the extension every send goes through ASGI, which waits while the socket's buffer is
+        # above its high-water mark: what it holds is bounded by that mark, not by the budget.
+        return self._buffered() if self._buffered is not None else 0
 
 
 def _wire(frame: Frame) -> bytes:
@@ -70,6 +76,9 @@ class SSETransport:
 
     def send_now(self, messages: Sequence[Frame]) -> bool:
         return False  # the response's generator takes one event at a time, from the writer
+
+    def buffered(self) -> int:
+        return 0  # the writer hands over one event at a time; uvicorn's flow control holds the rest back
 
     def _last_event_id(self, frame: EncodedEvent) -> str:
         if not self.vector:

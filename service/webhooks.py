@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, get_args
@@ -22,7 +23,7 @@ from typing import Any, get_args
 import asyncpg
 
 from . import eventlog
-from .messages import Conclusion, InvalidData, ValidationStatus
+from .messages import REPO_PATTERN, Conclusion, InvalidData, ValidationStatus
 
 logger = logging.getLogger("herald.webhooks")
 
@@ -206,6 +207,10 @@ def repository(payload: Mapping[str, Any]) -> str:
     name = _at(payload, "repository.full_name", required=False)
     if not isinstance(name, str) or not name:
         raise Unmapped("the payload names no repository (repository.full_name)")
+    if not re.fullmatch(REPO_PATTERN, name):  # never send the database what no project's repo can be
+        raise InvalidData(
+            f"payload.repository.full_name: {name[:100]!r} is not OWNER/NAME", "payload.repository.full_name"
+        )
     return name
 
 

@@ -37,7 +37,17 @@ from service.config import Settings, load_settings
 if TYPE_CHECKING:
     from tests.helpers import WsClient
 
-SECRET = "test-secret-" + "x" * 40
+SECRET = "test-secret-Qm7vR2kX9pLw4ZtB8nYc3HsJ6dFa1Ge5"  # strong enough for the service's own checks
+
+# The edge limits that only the attack tests (tests/test_attacks.py) exercise are raised for the other
+# tests: they publish hundreds of times a second with one token and open hundreds of connections as one
+# user, which the defaults would rightly throttle.
+UNLIMITED = {"http_rate": 1e6, "http_burst": 1e6, "max_connections_per_user": 100_000}
+UNLIMITED_ENV = {
+    "HERALD_HTTP_RATE": "1000000",
+    "HERALD_HTTP_BURST": "1000000",
+    "HERALD_MAX_CONNECTIONS_PER_USER": "100000",
+}
 TIMEOUT_FACTOR = float(os.environ.get("HERALD_TESTS_TIMEOUT_FACTOR", "1"))
 
 
@@ -135,7 +145,7 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
-    return load_settings(database_url=database_url, secret=SECRET, data_dir=data_dir, **overrides)
+    return load_settings(database_url=database_url, secret=SECRET, data_dir=data_dir, **{**UNLIMITED, **overrides})
 
 
 @pytest.fixture
@@ -168,7 +178,7 @@ class RunningServer:
 
 async def start_server(settings: Settings) -> tuple[RunningServer, asyncio.Task[None]]:
     app = create_app(settings, frontend_dist=None)
-    config = server_config(app, host="127.0.0.1", port=0, log_level="warning")
+    config = server_config(app, settings, host="127.0.0.1", port=0, log_level="warning")
     server = Server(config)
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(timeout(30)):
@@ -227,11 +237,20 @@ class ServiceProcess:
     instances of one deployment do); without it, it runs the embedded default in `data_dir`.
     """
 
-    def __init__(self, data_dir: Path, database_url: str | None = None, **env: str) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        database_url: str | None = None,
+        *,
+        serve_args: tuple[str, ...] = ("--no-access-log",),
+        **env: str,
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "HERALD_SECRET")}
         self.env["HERALD_DATA_DIR"] = str(data_dir)
+        self.env.update(UNLIMITED_ENV)
+        self.serve_args = serve_args
         if database_url is not None:
             self.env.update(DATABASE_URL=database_url, HERALD_SECRET=SECRET)
         self.env.update(env)
@@ -264,7 +283,7 @@ class ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "service", "serve", "--port", str(self.port), "--no-access-log"],
+                [sys.executable, "-m", "service", "serve", "--port", str(self.port), *self.serve_args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -197,3 +197,11 @@ async def stream(client: httpx.AsyncClient, url: str, **kw: Any) -> AsyncIterato
         first = await opened.next()
         assert first.retry == 2000 and not first.data  # `retry:` once, first
         yield opened
+
+
+async def wait_until(condition: Any, wait: float, what: str, state: Any = None) -> None:
+    """Poll `condition` until it holds; fail naming `what` (and `state()`) after `wait` scaled seconds."""
+    deadline = time.monotonic() + timeout(wait)
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}" + (f": {state()}" if state else "")
+        await asyncio.sleep(0.02)

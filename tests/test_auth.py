@@ -8,7 +8,7 @@ import pytest
 
 from service import auth
 
-GOOD = "s" * 32
+GOOD = "s3cret-Q7mVr2kX9pLw4ZtB8nYc3HsJ6dFa1Ge5"
 
 
 def test_token_round_trip_and_scopes() -> None:

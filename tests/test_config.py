@@ -13,7 +13,7 @@ from service import auth
 from service.config import ConfigError, load_settings
 from service.messages import json_schema
 
-GOOD = "s" * 32
+GOOD = "s3cret-Q7mVr2kX9pLw4ZtB8nYc3HsJ6dFa1Ge5"
 
 
 def test_secret_rules(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from tests.conftest import (
     timeout,
 )
 from tests.consumer import Consumer
-from tests.helpers import create, open_client, publish, seqs_of
+from tests.helpers import create, open_client, publish, seqs_of, wait_until
 
 RUN = {"runId": "r", "status": "running", "progress": 1}
 
@@ -198,13 +198,6 @@ async def test_all_connections_cut_while_publishing(
     assert seqs_of(got) == durable
     assert await ws.silence(0.3) == []
     await ws.ws.close()
-
-
-async def wait_until(condition: Any, wait: float, what: str, state: Any = None) -> None:
-    deadline = time.monotonic() + timeout(wait)
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}" + (f": {state()}" if state else "")
-        await asyncio.sleep(0.02)
 
 
 async def test_kill_9_of_a_clients_instance(instances: list[ServiceProcess]) -> None:

@@ -13,7 +13,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import RunningServer, make_settings, start_server, stop_server, timeout
-from tests.helpers import RUN, WsClient, create, open_client, publish, seqs_of
+from tests.helpers import RUN, WsClient, create, open_client, publish, seqs_of, wait_until
 
 
 async def test_welcome_and_two_projects_without_cross_talk(client: httpx.AsyncClient, ws: WsClient) -> None:
@@ -73,10 +73,11 @@ async def test_two_hundred_clients_receive_every_event(client: httpx.AsyncClient
     await asyncio.gather(*(c.ws.close() for c in clients))
 
 
-async def test_slow_client_closed_4429_others_unaffected(tmp_path: Any, database_url: str) -> None:
-    """A client that never reads is closed with 4429 (after what was queued) while a normal client
-    keeps receiving promptly; the slow one resumes from its cursor and loses nothing."""
-    settings = make_settings(database_url, tmp_path, ws_outbox=16)
+async def test_stalled_client_closed_4429_others_unaffected(tmp_path: Any, database_url: str) -> None:
+    """A client that stops reading is closed with 4429 once it has taken no bytes for the stall time,
+    while a normal client keeps receiving promptly; the stalled one resumes from its cursor and loses
+    nothing."""
+    settings = make_settings(database_url, tmp_path, ws_outbox_bytes=256 * 1024, ws_stall_s=1.5)
     running, task = await start_server(settings)
     http = httpx.AsyncClient(base_url=running.base_url, headers=running.headers(), timeout=timeout(10))
     try:
@@ -94,6 +95,10 @@ async def test_slow_client_closed_4429_others_unaffected(tmp_path: Any, database
             latencies.append(time.monotonic() - started)
             assert got[0]["seq"] == i + 1
         assert max(latencies) < timeout(1.0)
+        # The kernel's socket buffers took megabytes before the service's own filled: the stall clock
+        # runs from the last byte they took, and the client is closed once it has run out.
+        (stalled,) = [c for c in running.app_runtime().hub.clients if c.client_id == "slow"]
+        await wait_until(lambda: stalled.close_code == 4429, 15, "the stalled client to be closed")
         received = []
         with pytest.raises(ConnectionClosed) as info:
             while True:
@@ -108,6 +113,38 @@ async def test_slow_client_closed_4429_others_unaffected(tmp_path: Any, database
         assert seqs_of(rest) == list(range(received[-1] + 1, 801))
         await resumed.ws.close()
         await fast.ws.close()
+    finally:
+        await http.aclose()
+        await stop_server(running, task)
+
+
+async def test_a_slow_reader_is_never_closed_the_log_is_its_buffer(tmp_path: Any, database_url: str) -> None:
+    """A client that keeps reading, slower than events arrive and far past its byte budget, is never
+    closed for it: it falls back to reading from the log at its own pace and gets every event, in
+    order, once (docs/protocol.md §7.1, slow clients)."""
+    settings = make_settings(database_url, tmp_path, ws_outbox_bytes=256 * 1024, ws_stall_s=1.5)
+    running, task = await start_server(settings)
+    http = httpx.AsyncClient(base_url=running.base_url, headers=running.headers(), timeout=timeout(10))
+    try:
+        await create(http, "a")
+        slow = await open_client(running, client_id="slow", max_queue=4)
+        await slow.subscribe("a")
+        total, big = 400, "x" * 8000  # 3.2 MB: twelve budgets' worth
+
+        async def read_slowly() -> list[int]:
+            seqs: list[int] = []
+            while len(seqs) < total:
+                message = json.loads(await asyncio.wait_for(slow.ws.recv(), timeout(20)))
+                if "seq" in message and "data" in message:
+                    seqs.append(message["seq"])
+                    await asyncio.sleep(0.004)  # about 2 MB/s: behind the publishers, never stopped
+            return seqs
+
+        reader = asyncio.create_task(read_slowly())
+        await asyncio.gather(*(publish(http, "a", total // 8, message=big) for _ in range(8)))
+        assert await reader == list(range(1, total + 1))
+        assert slow.ws.close_code is None  # still open
+        await slow.ws.close()
     finally:
         await http.aclose()
         await stop_server(running, task)

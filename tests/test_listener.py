@@ -26,7 +26,8 @@ async def test_listener_reconnects_and_rereads(
     admin = await asyncpg.connect(db.asyncpg_dsn(database_url))
     try:
         pid = await admin.fetchval(
-            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND datname = current_database()"
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE application_name = 'herald listener' AND datname = current_database()"
         )
         assert pid is not None
         await admin.execute("SELECT pg_terminate_backend($1)", pid)

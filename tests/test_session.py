@@ -13,6 +13,7 @@ from service.auth import InvalidToken, Principal
 from service.codes import CloseCode, ErrorCode
 from service.db import DatabaseUnavailable
 from service.eventlog import ProjectNotFound, StoredEvent
+from service.limits import RateLimit
 from service.session import (
     MAX_PIPELINED,
     Ack,
@@ -23,7 +24,6 @@ from service.session import (
     Disconnect,
     Effect,
     FindStart,
-    RateLimit,
     Reauthorize,
     Refuse,
     Send,

@@ -8,26 +8,24 @@ what is an attribute read and an HMAC check.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
 from typing import Annotated
 
 from fastapi import Depends, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
-from .. import auth
-from ..auth import InvalidToken, Principal, Scope
+from ..auth import InvalidToken, Principal, Scope, Verifier
 from ..codes import ErrorCode
 from ..config import Settings
 from ..cursors import AckBuffer
 from ..db import Database
 from ..eventlog import Appender
 from ..hub import Hub
+from ..limits import RateLimits
 from ..messages import is_project_id
 from ..metrics import Metrics
 from ..runtime import Runtime
-from .errors import ApiError, project_missing
+from .errors import ApiError, project_missing, rate_limited
 
 
 def _runtime(connection: HTTPConnection) -> Runtime:
@@ -59,12 +57,13 @@ async def _metrics(connection: HTTPConnection) -> Metrics:
     return _runtime(connection).metrics
 
 
-Verifier = Callable[[str], Principal]
-
-
 async def _verifier(connection: HTTPConnection) -> Verifier:
-    """Token -> principal, with this service's secret (raises InvalidToken)."""
-    return partial(auth.verify, _runtime(connection).secret)
+    """Token -> principal, with this service's secrets and revocations (raises InvalidToken)."""
+    return _runtime(connection).verifier
+
+
+async def _http_limits(connection: HTTPConnection) -> RateLimits:
+    return _runtime(connection).http_limits
 
 
 HubDep = Annotated[Hub, Depends(_hub)]
@@ -74,24 +73,35 @@ DatabaseDep = Annotated[Database, Depends(_database)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 VerifierDep = Annotated[Verifier, Depends(_verifier)]
+HttpLimitsDep = Annotated[RateLimits, Depends(_http_limits)]
 
 _bearer = HTTPBearer(auto_error=False, description="A token from `herald token` (or `python -m service token`)")
 
 
+def admit(principal: Principal, limits: RateLimits) -> Principal:
+    """Count one HTTP call against the token's rate (HERALD_HTTP_RATE): 429 with Retry-After past it."""
+    wait = limits.check(principal.token_id)
+    if wait is not None:
+        raise rate_limited(wait, f"too many requests with this token; retry in {wait} s")
+    return principal
+
+
 async def _authenticated(
     verify: VerifierDep,
+    limits: HttpLimitsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> Principal:
     if credentials is None:
         raise ApiError(ErrorCode.UNAUTHORIZED, "missing bearer token (Authorization: Bearer TOKEN)")
     try:
-        return verify(credentials.credentials)
+        principal = verify(credentials.credentials)
     except InvalidToken as exc:
         raise ApiError(ErrorCode.UNAUTHORIZED, str(exc)) from None
+    return admit(principal, limits)
 
 
 Auth = Annotated[Principal, Depends(_authenticated)]
-"""The caller, from `Authorization: Bearer TOKEN` (401 without a valid one)."""
+"""The caller, from `Authorization: Bearer TOKEN` (401 without a valid one, 429 past its rate)."""
 
 
 def require(principal: Principal, scope: Scope, project_id: str) -> None:

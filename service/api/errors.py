@@ -7,6 +7,7 @@ anything else.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,19 +19,34 @@ from ..codes import HTTP_STATUS, ErrorCode
 from ..db import DatabaseUnavailable
 from ..messages import ErrorBody
 
+logger = logging.getLogger("herald.api.errors")
+
 
 class ApiError(Exception):
     """An error answered with the contract's JSON body."""
 
-    def __init__(self, code: ErrorCode, message: str, *, field: str | None = None, status: int | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        field: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
         self.status = status  # when the contract names another status than the code's usual one
+        self.headers = headers
 
     def response(self) -> JSONResponse:
-        return error_response(self.code, self.message, field=self.field, status=self.status)
+        return error_response(self.code, self.message, field=self.field, status=self.status, headers=self.headers)
+
+
+def rate_limited(retry_after_s: int, message: str) -> ApiError:
+    return ApiError(ErrorCode.RATE_LIMITED, message, headers={"Retry-After": str(retry_after_s)})
 
 
 def error_response(
@@ -66,11 +82,18 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(DatabaseUnavailable)
     async def _unavailable(request: Request, exc: DatabaseUnavailable) -> Response:
+        # The driver's words (addresses, errno) are for the operator's log, not for the caller.
+        logger.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
         return error_response(
             ErrorCode.UNAVAILABLE,
-            f"the database is unreachable ({exc}); nothing was written, retry",
+            "the database is unreachable; nothing was written, retry",
             headers={"Retry-After": "1"},
         )
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> Response:
+        # Starlette logs the exception (with its traceback) after this answer; the body says no more.
+        return error_response(ErrorCode.INTERNAL, "internal error: the service could not answer; it has been logged")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

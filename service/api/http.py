@@ -319,15 +319,29 @@ METRICS_TEXT = {"description": "Prometheus text format", "content": {"text/plain
 # the JSON they are, not as text/plain.
 @router.get("/metrics", responses={**ERRORS, 200: METRICS_TEXT}, tags=["health"], response_class=Response)
 async def metrics(principal: Auth, metrics: MetricsDep) -> Response:
-    """Prometheus metrics of this process (admin)."""
-    if not principal.has("admin"):
-        raise ApiError(ErrorCode.FORBIDDEN, "metrics need the 'admin' scope")
+    """Prometheus metrics of this process: every project's ids and heads, so only for `admin` on every
+    project (`*`) or the `metrics` scope."""
+    if not ("metrics" in principal.scopes or (principal.has("admin") and principal.projects is None)):
+        raise ApiError(ErrorCode.FORBIDDEN, "metrics need the 'metrics' scope, or 'admin' on every project ('*')")
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 # --- errors, the dashboard, the OpenAPI document ------------------------------------------------------
 
 _RESERVED_PREFIXES = ("api", "ws", "webhooks", "healthz", "metrics")
+
+# The dashboard keeps a token in localStorage, so no script may run on its pages but its own bundle
+# (no inline script, no other origin), no other site may frame it (clickjacking), and no page
+# address leaves in a Referer. 'self' in connect-src covers its own /ws (CSP Level 3).
+DASHBOARD_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _frontend_routes(app: FastAPI, dist: Path | None) -> None:
@@ -348,15 +362,16 @@ def _frontend_routes(app: FastAPI, dist: Path | None) -> None:
             raise StarletteHTTPException(405)
         if index is None or not index.exists():
             return HTMLResponse(
-                "<!doctype html><title>Herald</title><h1>Herald</h1><p>The API is running. The dashboard "
+                headers=DASHBOARD_HEADERS,
+                content="<!doctype html><title>Herald</title><h1>Herald</h1><p>The API is running. The dashboard "
                 "is not built: run <code>make run</code> (or <code>npm run build</code> in "
-                "<code>frontend/</code>).</p>"
+                "<code>frontend/</code>).</p>",
             )
         assert dist is not None and root is not None
         candidate = (dist / path).resolve()
         if path and candidate.is_file() and candidate.is_relative_to(root):
-            return FileResponse(candidate)
-        return FileResponse(index, headers={"Cache-Control": "no-cache"})
+            return FileResponse(candidate, headers=DASHBOARD_HEADERS)
+        return FileResponse(index, headers={**DASHBOARD_HEADERS, "Cache-Control": "no-cache"})
 
 
 def install(app: FastAPI, *, frontend_dist: Path | None) -> None:

@@ -25,32 +25,43 @@ from fastapi import APIRouter, Depends, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from .. import eventlog
-from ..auth import InvalidToken, Principal
+from ..auth import InvalidToken, Principal, Verifier
 from ..codes import ErrorCode
 from ..config import Settings
 from ..connection import Client, Outbox
 from ..cursors import AckBuffer
 from ..db import Database
 from ..hub import Hub
-from ..messages import PROJECT_ID_PATTERN
+from ..limits import RateLimits
+from ..messages import MAX_SAFE_INTEGER, PROJECT_ID_PATTERN
 from ..session import Connect, FindStart, Refuse, Session
 from ..transports import SSETransport
-from .dependencies import AcksDep, DatabaseDep, HubDep, SettingsDep, Verifier, VerifierDep, require
-from .errors import ERRORS, ApiError
+from .dependencies import (
+    AcksDep,
+    DatabaseDep,
+    HttpLimitsDep,
+    HubDep,
+    SettingsDep,
+    VerifierDep,
+    admit,
+    require,
+)
+from .errors import ERRORS, ApiError, rate_limited
 from .websocket import valid_client_id
 
 router = APIRouter(tags=["streams"])
 
 RETRY_MS = 2000
-SEND_TIMEOUT_S = 30.0  # a reader whose socket accepts nothing for this long is gone: drop the stream
 MAX_PROJECTS = 100
+MAX_SEQ_DIGITS = 18  # docs/protocol.md §7.1: a longer number is refused before it is parsed
 PROJECT_ID = re.compile(PROJECT_ID_PATTERN)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_RESPONSES = {**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "an event stream (§5)"}}
 
 
-def stream_principal(request: Request, verify: Verifier, token: str | None) -> Principal:
-    """The token from `Authorization: Bearer`, else from `?token=` (EventSource cannot set headers)."""
+def stream_principal(request: Request, parts: Streams, token: str | None) -> Principal:
+    """The token from `Authorization: Bearer`, else from `?token=` (EventSource cannot set headers),
+    counted against its HTTP rate like any call."""
     header = request.headers.get("authorization", "")
     scheme, _, credentials = header.partition(" ")
     if scheme.lower() == "bearer" and credentials:
@@ -58,9 +69,10 @@ def stream_principal(request: Request, verify: Verifier, token: str | None) -> P
     if not token:
         raise ApiError(ErrorCode.UNAUTHORIZED, "missing token (Authorization: Bearer TOKEN, or ?token=)")
     try:
-        return verify(token)
+        principal = parts.verify(token)
     except InvalidToken as exc:
         raise ApiError(ErrorCode.UNAUTHORIZED, str(exc)) from None
+    return admit(principal, parts.http_limits)
 
 
 def checked_client_id(client_id: str | None) -> str | None:
@@ -73,14 +85,24 @@ def bad_cursor(message: str) -> ApiError:
     return ApiError(ErrorCode.INVALID_CURSOR, message, status=400)
 
 
+def parse_seq(text: str, what: str) -> int:
+    """A seq written in a header or a query: 400 `invalid_cursor` when not a non-negative integer, 422
+    `invalid_data` past 18 digits (read before any `int()`, which would spend time on a digit bomb)."""
+    if not text.isascii() or not text.isdigit():
+        raise bad_cursor(f"{what} must be a seq (a non-negative integer), got {text[:40]!r}")
+    if len(text) > MAX_SEQ_DIGITS:
+        raise ApiError(ErrorCode.INVALID_DATA, f"{what}: at most {MAX_SEQ_DIGITS} digits", field=what)
+    return int(text)
+
+
 def parse_vector(text: str, what: str) -> dict[str, int]:
     """`a:5,b:9` as {"a": 5, "b": 9}; 400 `invalid_cursor` when malformed."""
     vector: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         project_id, sep, seq = part.rpartition(":")
-        if not sep or not project_id or not seq.isascii() or not seq.isdigit():
-            raise bad_cursor(f"{what}: expected PROJECT:SEQ,..., got {part!r}")
-        vector[project_id] = int(seq)
+        if not sep or not project_id:
+            raise bad_cursor(f"{what}: expected PROJECT:SEQ,..., got {part[:80]!r}")
+        vector[project_id] = parse_seq(seq, what)
     return vector
 
 
@@ -117,6 +139,7 @@ class Streams:
     """The running parts a stream uses."""
 
     verify: Verifier
+    http_limits: RateLimits
     hub: Hub
     acks: AckBuffer
     database: Database
@@ -124,9 +147,14 @@ class Streams:
 
 
 async def _streams(
-    verify: VerifierDep, hub: HubDep, acks: AcksDep, database: DatabaseDep, settings: SettingsDep
+    verify: VerifierDep,
+    http_limits: HttpLimitsDep,
+    hub: HubDep,
+    acks: AcksDep,
+    database: DatabaseDep,
+    settings: SettingsDep,
 ) -> Streams:
-    return Streams(verify, hub, acks, database, settings)
+    return Streams(verify, http_limits, hub, acks, database, settings)
 
 
 StreamsDep = Annotated[Streams, Depends(_streams)]
@@ -137,9 +165,19 @@ async def open_stream(
 ) -> EventSourceResponse:
     for project_id in asked:  # every 403 (and 404 for ids no project can have) before any lookup
         require(principal, "subscribe", project_id)
+    settings = parts.settings
+    if parts.hub.connections_of(principal.user) >= settings.max_connections_per_user:
+        cap = settings.max_connections_per_user
+        raise rate_limited(5, f"this user already has {cap} connections here; close one first")
     transport = SSETransport({}, vector=vector)
     # Without a clientId there is no durable cursor (§5): the stream gets an id nobody can resume by.
-    client = Client(transport, principal, client_id or f"sse-{uuid.uuid4().hex}", Outbox(parts.settings.ws_outbox))
+    client = Client(
+        transport,
+        principal,
+        client_id or f"sse-{uuid.uuid4().hex}",
+        Outbox(settings.ws_outbox_bytes),
+        stall_s=settings.ws_stall_s,
+    )
     session = Session(principal, verify=parts.verify, durable=client_id is not None)
     starts = await start_positions(session, client, asked, database=parts.database, acks=parts.acks)
     hub = parts.hub
@@ -164,10 +202,12 @@ async def open_stream(
     return EventSourceResponse(
         events(),
         headers=SSE_HEADERS,
-        ping=parts.settings.sse_keepalive_ms / 1000,
+        ping=settings.sse_keepalive_ms / 1000,
         ping_message_factory=lambda: ServerSentEvent(comment="keep-alive"),
         sep="\n",
-        send_timeout=SEND_TIMEOUT_S,
+        # A reader whose socket took nothing for the stall time is closed (4429, connection.py); if it
+        # still takes nothing, the send that waits for it is given up too and the stream dropped.
+        send_timeout=settings.ws_stall_s + 10,
     )
 
 
@@ -177,17 +217,15 @@ async def project_stream(
     request: Request,
     parts: StreamsDep,
     client_id: Annotated[str | None, Query(alias="clientId", description="whose durable cursor to resume")] = None,
-    after: Annotated[int | None, Query(ge=0, description="start after this seq")] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_SAFE_INTEGER, description="start after this seq")] = None,
     token: Annotated[str | None, Query(description="the token, for EventSource (no headers)")] = None,
 ) -> EventSourceResponse:
     """One project's events as SSE (subscribe). Resumes from Last-Event-ID, else `after`, else the
     cursor of (user, clientId), else the head."""
-    principal = stream_principal(request, parts.verify, token)
+    principal = stream_principal(request, parts, token)
     last_event_id = request.headers.get("last-event-id")
     if last_event_id is not None:
-        if not (last_event_id.isascii() and last_event_id.isdigit()):
-            raise bad_cursor(f"Last-Event-ID must be a seq (a non-negative integer), got {last_event_id!r}")
-        after = int(last_event_id)
+        after = parse_seq(last_event_id, "Last-Event-ID")
     return await open_stream(parts, principal, checked_client_id(client_id), {project_id: after}, vector=False)
 
 
@@ -203,7 +241,7 @@ async def multi_stream(
     """Several projects' events on one stream (subscribe on each). Each `id:` is the position vector
     after the event; Last-Event-ID (else `after`) resumes every project it names, the others resume
     from the cursor, else the head."""
-    principal = stream_principal(request, parts.verify, token)
+    principal = stream_principal(request, parts, token)
     ids = list(dict.fromkeys(p.strip() for p in projects.split(",") if p.strip()))
     if not ids:
         raise ApiError(ErrorCode.INVALID_DATA, "projects: name at least one project", field="projects")

@@ -145,6 +145,8 @@ async def _ping(database: Database, payload: dict[str, Any]) -> Response:
         repo = webhooks.repository(payload)
     except webhooks.Unmapped:  # an organization's or an app's hook: each delivery names its repository
         return _answer("pong", "the hook works; deliveries are routed by their repository", code=200, projectId=None)
+    except InvalidData as exc:
+        raise ApiError(ErrorCode.INVALID_DATA, exc.message, field=exc.field) from None
     async with database.connection() as conn:
         project_id = await webhooks.project_for_repo(conn, repo)
     if project_id is None:

@@ -24,13 +24,14 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from .. import eventlog
-from ..auth import InvalidToken, Principal
+from ..auth import InvalidToken, Principal, Verifier
 from ..codes import CloseCode
 from ..connection import Client, Outbox
 from ..cursors import AckBuffer
 from ..db import Database, DatabaseUnavailable
 from ..eventlog import Appender
 from ..hub import Hub
+from ..limits import RateLimit
 from ..messages import AuthMessage, InvalidData, check
 from ..session import (
     Ack,
@@ -41,7 +42,6 @@ from ..session import (
     Disconnect,
     Effect,
     FindStart,
-    RateLimit,
     Reauthorize,
     Refuse,
     Send,
@@ -49,7 +49,7 @@ from ..session import (
     encode,
 )
 from ..transports import WebSocketTransport
-from .dependencies import AcksDep, AppenderDep, DatabaseDep, HubDep, SettingsDep, Verifier, VerifierDep
+from .dependencies import AcksDep, AppenderDep, DatabaseDep, HubDep, SettingsDep, VerifierDep
 
 router = APIRouter()
 logger = logging.getLogger("herald.api.websocket")
@@ -252,12 +252,17 @@ async def websocket_endpoint(
     principal = await authenticate(websocket, verify)
     if principal is None:
         return
+    if hub.connections_of(principal.user) >= settings.max_connections_per_user:
+        cap = settings.max_connections_per_user
+        await websocket.close(CloseCode.TRY_AGAIN_LATER, f"this user already has {cap} connections here")
+        return
     client = Client(
         WebSocketTransport(websocket),
         principal,
         client_id,
-        Outbox(settings.ws_outbox),
+        Outbox(settings.ws_outbox_bytes),
         heartbeat_s=settings.heartbeat_ms / 1000,
+        stall_s=settings.ws_stall_s,
     )
     session = Session(principal, verify=verify, rate=RateLimit(settings.ws_rate, settings.ws_burst))
     driver = Driver(session, client, hub=hub, appender=appender, acks=acks, database=database)

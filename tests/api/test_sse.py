@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer, make_settings, start_server, stop_server, timeout
-from tests.helpers import create, publish, stream
+from tests.helpers import create, publish, stream, wait_until
 
 
 async def test_live_events_headers_and_ids(client: httpx.AsyncClient) -> None:
@@ -143,15 +143,19 @@ async def test_shutdown_ends_streams_promptly(database_url: str, tmp_path: Path)
 
 
 async def test_a_stream_that_stops_reading_is_closed_4429_and_resumes(database_url: str, tmp_path: Path) -> None:
-    """A reader that stops reading is ended with the comment `closed 4429` after what it had been
-    sent, like a slow WebSocket; reconnecting with its Last-Event-ID gets the rest, nothing lost."""
-    running, task = await start_server(make_settings(database_url, tmp_path, ws_outbox=16))
+    """A reader that stops reading is ended with the comment `closed 4429` once it has taken nothing
+    for the stall time, like a stalled WebSocket; reconnecting with its Last-Event-ID gets the rest,
+    nothing lost."""
+    settings = make_settings(database_url, tmp_path, ws_outbox_bytes=256 * 1024, ws_stall_s=1.5)
+    running, task = await start_server(settings)
     try:
         async with httpx.AsyncClient(base_url=running.base_url, headers=running.headers(), timeout=timeout(10)) as h:
             await create(h, "a")
             async with stream(h, "/api/projects/a/stream?after=0") as slow:
                 total = 800
                 await asyncio.gather(*(publish(h, "a", 100, message="x" * 8000) for _ in range(total // 100)))
+                (stalled,) = running.app_runtime().hub.clients
+                await wait_until(lambda: stalled.close_code == 4429, 15, "the stalled stream to be closed")
                 seqs: list[int] = []
                 with pytest.raises(EOFError):
                     while True:

@@ -17,6 +17,7 @@ export const ERROR_CODES = [
   'rate_limited',
   'too_large',
   'unavailable',
+  'internal',
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
@@ -26,6 +27,7 @@ export const CloseCode = {
   POLICY_VIOLATION: 1008,
   MESSAGE_TOO_BIG: 1009,
   SERVICE_RESTART: 1012,
+  TRY_AGAIN_LATER: 1013,
   AUTH: 4401,
   ORIGIN: 4403,
   HEARTBEAT_TIMEOUT: 4408,
@@ -37,7 +39,7 @@ export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
 export const TERMINAL_CLOSE_CODES: ReadonlySet<number> = new Set([1009, 4401, 4403]);
 
 /** Reconnect with backoff and resume by cursor: nothing is lost. */
-export const RETRY_CLOSE_CODES: ReadonlySet<number> = new Set([1001, 1008, 1012, 4408, 4429]);
+export const RETRY_CLOSE_CODES: ReadonlySet<number> = new Set([1001, 1008, 1012, 1013, 4408, 4429]);
 
 /** A WebSocket message (or an HTTP publish body) over this many bytes is refused: 1009, or 413. */
 export const MAX_MESSAGE_BYTES = 65536;
