@@ -118,7 +118,7 @@ class Database:
             await conn.close()
         url = db.with_database(self.admin_url, name)
         try:
-            await asyncio.to_thread(db.migrate, url)
+            await asyncio.to_thread(migrate, url)
             yield url
         finally:
             conn = await asyncpg.connect(db.asyncpg_dsn(self.admin_url))
@@ -126,6 +126,19 @@ class Database:
                 await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             finally:
                 await conn.close()
+
+
+def migrate(url: str) -> None:
+    """Migrate with the migrations of the service under test: another checkout's (BENCH_HERALD_ROOT)
+    knows only its own revisions, and refuses to start on a database migrated past them."""
+    other = os.environ.get("BENCH_HERALD_ROOT")
+    if not other:
+        db.migrate(url)
+        return
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
+    environment.update(DATABASE_URL=url, HERALD_SECRET=SECRET, PYTHONPATH=other)
+    command = [sys.executable, "-m", "service", "migrate"]
+    subprocess.run(command, env=environment, cwd=other, check=True, capture_output=True)
 
 
 async def _version(url: str) -> str:

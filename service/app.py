@@ -55,7 +55,6 @@ def server_config(
         http=limits.http_protocol(
             header_timeout_s=settings.header_timeout_s, max_header_bytes=settings.max_header_bytes
         ),
-        limit_concurrency=settings.limit_concurrency,  # past it, new HTTP requests get 503
         ws=frames.protocol(),  # uvicorn's default (websockets-sansio), plus frames encoded once per event
         ws_max_size=MAX_MESSAGE_BYTES,  # a larger message closes the socket with 1009
         ws_per_message_deflate=False,  # compressing every message once per client costs ~20x at fan-out

@@ -156,7 +156,7 @@ def verify(
     except jwt.InvalidTokenError as exc:
         raise InvalidToken(f"invalid token: {exc}") from None
     projects, scopes, jti = claims.get("projects"), claims.get("scopes"), claims["jti"]
-    if user_problem(claims["sub"]) is not None or not isinstance(scopes, list) or not isinstance(jti, str):
+    if user_problem(claims["sub"]) is not None or not isinstance(scopes, list) or not isinstance(jti, str) or not jti:
         raise InvalidToken("invalid token: malformed claims")
     if claims["exp"] - claims["iat"] > max_ttl_s:
         raise InvalidToken(f"invalid token: it lives longer than the maximum of {max_ttl_s} s")
@@ -257,6 +257,9 @@ def _redacted(value: object) -> object:
     return redact(value) if isinstance(value, str) else value
 
 
+_traceback = logging.Formatter()
+
+
 def install_log_redaction() -> None:
     """Keep tokens out of every log line, whichever logger writes it (uvicorn's access and handshake
     lines print query strings; a handler could print a frame): every record is redacted as it is
@@ -273,6 +276,10 @@ def install_log_redaction() -> None:
             record.args = tuple(_redacted(a) for a in record.args)
         elif isinstance(record.args, Mapping):
             record.args = {k: _redacted(v) for k, v in record.args.items()}
+        if record.exc_info and record.exc_info[1] is not None:
+            # A traceback can quote a token (an exception's message, a frame's source line): format it
+            # now, redacted; formatters print exc_text when it is set.
+            record.exc_text = redact(_traceback.formatException(record.exc_info))
         return record
 
     factory.herald_redacts = True  # type: ignore[attr-defined]

@@ -148,6 +148,9 @@ class Client:
     _force_close: asyncio.TimerHandle | None = None
     _sending: bool = False  # the writer is in the middle of a send
     handed: int = 0  # bytes handed to the transport so far
+    # One catch-up page at a time per client, whatever the number of its subscriptions catching up:
+    # each waits for room, reads and pushes under it, so pages never pile up past the budget.
+    paging: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_progress: float = field(default_factory=time.monotonic)  # when the peer last took bytes
     _drained: int = 0  # bytes the peer had taken at the last tick
 
@@ -245,7 +248,7 @@ class Client:
         if drained > self._drained or not (self.outbox or buffered or self._sending):
             self.last_progress = now  # it took bytes, or nothing waits for it
         self._drained = drained
-        if self.principal.expires_at <= wall:
+        if self.principal.expires_at <= wall:  # at expiry, as the contract says (the leeway is for checking)
             self.close(CloseCode.AUTH, "token expired")
         elif now - self.last_progress > self.stall_s:
             self.close(CloseCode.SLOW_CONSUMER, f"took no bytes for {self.stall_s:g} s: reconnect and resume")

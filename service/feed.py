@@ -130,23 +130,26 @@ class Feed:
         client = sub.client
         page_bytes = max(1, client.budget // 4)
         while client.subscriptions.get(sub.project_id) is sub:
-            await client.outbox.room()
-            if client.close_code is not None:
-                return  # its connection ends and the hub lets go of it
-            try:
-                async with self._connection() as conn:
-                    run = await eventlog.read_run(
-                        conn, sub.project_id, sub.position, max_events=self.page_size, max_bytes=page_bytes
-                    )
-            except DatabaseUnavailable:
+            async with client.paging:
+                await client.outbox.room()
+                if client.close_code is not None:
+                    return  # its connection ends and the hub lets go of it
+                try:
+                    async with self._connection() as conn:
+                        run = await eventlog.read_run(
+                            conn, sub.project_id, sub.position, max_events=self.page_size, max_bytes=page_bytes
+                        )
+                except DatabaseUnavailable:
+                    run = None
+                if run is not None and run.events and client.subscriptions.get(sub.project_id) is sub:
+                    if not client.push_many([EncodedEvent.of(e) for e in run.events]):
+                        return
+                    sub.position = run.events[-1].seq
+            if run is None:
                 await asyncio.sleep(self.retry_delay_s)
                 continue
             if client.subscriptions.get(sub.project_id) is not sub:
                 return
-            if run.events:
-                if not client.push_many([EncodedEvent.of(e) for e in run.events]):
-                    return
-                sub.position = run.events[-1].seq
             if not run.full and sub.position >= self.delivered:
                 # No await between the check above and this switch: the pump cannot run in between.
                 sub.live = True

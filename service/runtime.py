@@ -71,17 +71,17 @@ class Runtime:
         self.hub.wake(project_id, int(seq) if seq.isdigit() else None)
 
     def _revocations_changed(self, payload: str) -> None:
-        task = asyncio.create_task(self._reload_revocations())
+        task = asyncio.create_task(self.reload_revocations())
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
-    async def _reload_revocations(self, conn: asyncpg.Connection | None = None) -> None:
+    async def reload_revocations(self, conn: asyncpg.Connection | None = None) -> None:
         """Load the revocations in force, refuse their tokens from now on, and close the connections
         that were opened with them (4401; an SSE stream ends)."""
         if conn is None:
             try:
                 async with self.database.connection() as pooled:
-                    await self._reload_revocations(pooled)
+                    await self.reload_revocations(pooled)
             except db.DatabaseUnavailable as exc:  # the listener's next refresh tries again
                 logger.warning("reloading revocations failed: %s", exc)
             return
@@ -100,7 +100,7 @@ class Runtime:
         if projects:
             for project_id, head in (await eventlog.heads(conn, projects)).items():
                 self.hub.wake(project_id, head)
-        await self._reload_revocations(conn)
+        await self.reload_revocations(conn)
 
     def start_background(self) -> None:
         heartbeat_s = self.settings.heartbeat_ms / 1000
@@ -124,13 +124,15 @@ async def start(settings: Settings) -> Runtime:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         raise
-    return Runtime(
+    running = Runtime(
         settings=settings,
         secret=settings.signing_secret(),
         database_url=url,
         database=db.Database(pool, timeout=settings.db_timeout_s),
         embedded=embedded,
     )
+    await running.reload_revocations()  # before the first request: a revoked token is never let in
+    return running
 
 
 async def drain(runtime: Runtime) -> None:

@@ -69,7 +69,7 @@ def project_missing(project_id: str) -> ApiError:
 
 # For the OpenAPI document: the statuses every route may answer with the error body.
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 413, 422, 503)
+    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 413, 422, 429, 500, 503)
 }
 
 
@@ -111,5 +111,9 @@ def install(app: FastAPI) -> None:
             return error_response(
                 ErrorCode.METHOD_NOT_ALLOWED, f"{request.method} is not allowed on {request.url.path}"
             )
+        # Anything else Starlette raises: the contract's code for that status, if there is one.
         status = exc.status_code
-        return JSONResponse({"error": "http_error", "message": str(exc.detail)}, status_code=status)
+        code = next((c for c, s in HTTP_STATUS.items() if s == status), None)
+        if code is None:
+            code = ErrorCode.INTERNAL if status >= 500 else ErrorCode.INVALID_DATA
+        return error_response(code, str(exc.detail), status=status)

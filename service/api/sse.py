@@ -23,6 +23,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
 
 from .. import eventlog
 from ..auth import InvalidToken, Principal, Verifier
@@ -178,13 +179,19 @@ async def open_stream(
         Outbox(settings.ws_outbox_bytes),
         stall_s=settings.ws_stall_s,
     )
-    session = Session(principal, verify=parts.verify, durable=client_id is not None)
-    starts = await start_positions(session, client, asked, database=parts.database, acks=parts.acks)
     hub = parts.hub
+    # Counted against the user's cap now, in the same step as the check (streams opened together must
+    # not all pass it); let go of if no stream comes of it.
+    hub.add_client(client)
+    try:
+        session = Session(principal, verify=parts.verify, durable=client_id is not None)
+        starts = await start_positions(session, client, asked, database=parts.database, acks=parts.acks)
+    except BaseException:
+        hub.disconnect(client)
+        raise
     transport.positions.update({start.project_id: start.after for start in starts})
 
     async def events() -> AsyncIterator[ServerSentEvent]:
-        hub.add_client(client)
         try:
             yield ServerSentEvent(retry=RETRY_MS)
             for start in starts:
@@ -208,6 +215,7 @@ async def open_stream(
         # A reader whose socket took nothing for the stall time is closed (4429, connection.py); if it
         # still takes nothing, the send that waits for it is given up too and the stream dropped.
         send_timeout=settings.ws_stall_s + 10,
+        background=BackgroundTask(hub.disconnect, client),  # also when the stream never started
     )
 
 
