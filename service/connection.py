@@ -105,15 +105,14 @@ class Outbox:
             self._room.set()
         return frame
 
-    def flush(self, send_now: Callable[[Sequence[Frame]], bool]) -> int:
-        """Hand everything queued to `send_now` in one call; drop it from the queue if it was taken.
-        Returns the bytes handed over."""
+    def flush(self, send_now: Callable[[Sequence[Frame]], bool]) -> bool:
+        """Hand everything queued to `send_now` in one call; drop it from the queue if it was taken."""
         if self._frames and not self.closed and send_now(list(self._frames)):
-            handed, self.bytes = self.bytes, 0
+            self.bytes = 0
             self._frames.clear()
             self._room.set()
-            return handed
-        return 0
+            return True
+        return False
 
     def close(self) -> None:
         self.closed = True
@@ -147,12 +146,16 @@ class Client:
     close_grace_s: float = 5.0
     _force_close: asyncio.TimerHandle | None = None
     _sending: bool = False  # the writer is in the middle of a send
-    handed: int = 0  # bytes handed to the transport so far
+    # Stall detection, kept off the fan-out's path: writes the transport took, and whether the socket's
+    # buffer may hold something (only then is it asked, once a tick).
+    _writes: int = 0
+    _writes_seen: int = 0
+    _maybe_buffered: bool = False
     # One catch-up page at a time per client, whatever the number of its subscriptions catching up:
     # each waits for room, reads and pushes under it, so pages never pile up past the budget.
     paging: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_progress: float = field(default_factory=time.monotonic)  # when the peer last took bytes
-    _drained: int = 0  # bytes the peer had taken at the last tick
+    _buffered_seen: int = 0
 
     def __post_init__(self) -> None:
         if self.heartbeat_s:
@@ -189,7 +192,8 @@ class Client:
         if self.close_code is not None:
             return False
         if not self._sending and not self.outbox and self.transport.send_now(frames):
-            self.handed += sum(size(f) for f in frames)
+            self._writes += 1
+            self._maybe_buffered = True
             return True
         for frame in frames:
             self.outbox.put(frame)
@@ -198,7 +202,13 @@ class Client:
     def offer(self, events: Sequence[EncodedEvent]) -> bool:
         """Live fan-out: push `events` if they fit the budget with what already waits; else push
         nothing and return False (the subscription then catches up from the log instead)."""
-        if self.close_code is not None or self.pending() + sum(len(e.frame) for e in events) > self.budget:
+        if self.close_code is not None:
+            return False
+        if not self._sending and not self.outbox:
+            # The usual case, kept cheap: written at once when the socket is writable (its buffer then
+            # holds less than its high-water mark plus this run, a fraction of the budget), else queued.
+            return self.push_many(events)
+        if self.pending() + sum(len(e.frame) for e in events) > self.budget:
             return False
         return self.push_many(events)
 
@@ -225,8 +235,9 @@ class Client:
             while (frame := await self.outbox.get()) is not None:
                 self._sending = True
                 await self.transport.send(frame)  # waits while the client is not reading
-                self.handed += size(frame)
-                self.handed += self.outbox.flush(self.transport.send_now)  # what queued meanwhile, in one write
+                self._writes += 1
+                self._maybe_buffered = True
+                self.outbox.flush(self.transport.send_now)  # what queued up meanwhile, in one write
                 self._sending = False
         finally:
             if self._force_close is not None:
@@ -243,11 +254,17 @@ class Client:
         """Close the client if its token expired (4401), if it took no bytes for `stall_s` while frames
         waited (4429), or if it went silent for two heartbeats (4408); else ping it when a heartbeat
         is due. `now` is monotonic, `wall` the epoch time."""
-        buffered = self.transport.buffered()
-        drained = self.handed - buffered
-        if drained > self._drained or not (self.outbox or buffered or self._sending):
-            self.last_progress = now  # it took bytes, or nothing waits for it
-        self._drained = drained
+        # Progress: a write went through since the last tick (the socket was writable, so the peer had
+        # taken bytes), or the socket's buffer shrank; or nothing waits for the client at all.
+        buffered = self.transport.buffered() if self._maybe_buffered else 0
+        self._maybe_buffered = buffered > 0
+        if (
+            self._writes != self._writes_seen
+            or buffered < self._buffered_seen
+            or not (self.outbox or buffered or self._sending)
+        ):
+            self.last_progress = now
+        self._writes_seen, self._buffered_seen = self._writes, buffered
         if self.principal.expires_at <= wall:  # at expiry, as the contract says (the leeway is for checking)
             self.close(CloseCode.AUTH, "token expired")
         elif now - self.last_progress > self.stall_s:
