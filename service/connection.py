@@ -146,11 +146,9 @@ class Client:
     close_grace_s: float = 5.0
     _force_close: asyncio.TimerHandle | None = None
     _sending: bool = False  # the writer is in the middle of a send
-    # Stall detection, kept off the fan-out's path: writes the transport took, and whether the socket's
-    # buffer may hold something (only then is it asked, once a tick).
+    # Stall detection, kept off the fan-out's path: the writes the transport took.
     _writes: int = 0
     _writes_seen: int = 0
-    _maybe_buffered: bool = False
     # One catch-up page at a time per client, whatever the number of its subscriptions catching up:
     # each waits for room, reads and pushes under it, so pages never pile up past the budget.
     paging: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -193,7 +191,6 @@ class Client:
             return False
         if not self._sending and not self.outbox and self.transport.send_now(frames):
             self._writes += 1
-            self._maybe_buffered = True
             return True
         for frame in frames:
             self.outbox.put(frame)
@@ -236,7 +233,6 @@ class Client:
                 self._sending = True
                 await self.transport.send(frame)  # waits while the client is not reading
                 self._writes += 1
-                self._maybe_buffered = True
                 self.outbox.flush(self.transport.send_now)  # what queued up meanwhile, in one write
                 self._sending = False
         finally:
@@ -254,17 +250,19 @@ class Client:
         """Close the client if its token expired (4401), if it took no bytes for `stall_s` while frames
         waited (4429), or if it went silent for two heartbeats (4408); else ping it when a heartbeat
         is due. `now` is monotonic, `wall` the epoch time."""
-        # Progress: a write went through since the last tick (the socket was writable, so the peer had
-        # taken bytes), or the socket's buffer shrank; or nothing waits for the client at all.
-        buffered = self.transport.buffered() if self._maybe_buffered else 0
-        self._maybe_buffered = buffered > 0
-        if (
-            self._writes != self._writes_seen
-            or buffered < self._buffered_seen
-            or not (self.outbox or buffered or self._sending)
-        ):
+        # Progress: nothing waits in the outbox (what the socket's buffer may still hold is less than its
+        # high-water mark plus one run, and the next frame to queue starts the clock); or a write went
+        # through since the last tick (the socket was writable: the peer had taken bytes); or the
+        # socket's buffer shrank. The buffer is asked only while frames wait, to keep ticks cheap.
+        if not self.outbox and not self._sending:
             self.last_progress = now
-        self._writes_seen, self._buffered_seen = self._writes, buffered
+            self._buffered_seen = 0
+        else:
+            buffered = self.transport.buffered()
+            if self._writes != self._writes_seen or buffered < self._buffered_seen:
+                self.last_progress = now
+            self._buffered_seen = buffered
+        self._writes_seen = self._writes
         if self.principal.expires_at <= wall:  # at expiry, as the contract says (the leeway is for checking)
             self.close(CloseCode.AUTH, "token expired")
         elif now - self.last_progress > self.stall_s:
