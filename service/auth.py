@@ -125,22 +125,32 @@ def issue(
     return jwt.encode(payload, secret, algorithm="HS256", headers={"kid": key_id(secret)})
 
 
+def keys_of(secrets: str | Sequence[str]) -> dict[str, str]:
+    """kid -> secret, for `verify`."""
+    return {key_id(s): s for s in ([secrets] if isinstance(secrets, str) else secrets)}
+
+
 def verify(
-    secrets: str | Sequence[str], token: str, *, max_ttl_s: int = DEFAULT_MAX_TTL_S, leeway_s: float = LEEWAY_S
+    secrets: str | Sequence[str] | Mapping[str, str],
+    token: str,
+    *,
+    max_ttl_s: int = DEFAULT_MAX_TTL_S,
+    leeway_s: float = LEEWAY_S,
 ) -> Principal:
     """The principal a token stands for, or `InvalidToken` saying why not.
 
-    `secrets`: the signing secret first, then any of before a rotation; the token's `kid` picks one.
+    `secrets`: the signing secret first, then any of before a rotation (or their `keys_of`, made once);
+    the token's `kid` picks one.
     PyJWT checks the signature, the audience and the times (with `leeway_s` either way); this checks
     the rest: a lifetime within `max_ttl_s`, a subject, well-formed claims."""
     if not token:
         raise InvalidToken("missing token")
-    keys = {key_id(s): s for s in ([secrets] if isinstance(secrets, str) else secrets)}
+    keys = secrets if isinstance(secrets, Mapping) else keys_of(secrets)
     try:
         kid = jwt.get_unverified_header(token).get("kid")
     except jwt.InvalidTokenError as exc:
         raise InvalidToken(f"invalid token: {exc}") from None
-    if kid not in keys:
+    if not isinstance(kid, str) or kid not in keys:
         raise InvalidToken("invalid token: signed with a key this service does not hold (was it rotated out?)")
     try:
         claims: dict[str, Any] = jwt.decode(
@@ -228,12 +238,12 @@ class Verifier:
     (replaced by `Runtime` whenever they change). Raises InvalidToken."""
 
     def __init__(self, secrets: Sequence[str], *, max_ttl_s: int = DEFAULT_MAX_TTL_S) -> None:
-        self.secrets = list(secrets)
+        self.keys = keys_of(list(secrets))
         self.max_ttl_s = max_ttl_s
         self.revocations = Revocations()
 
     def __call__(self, token: str) -> Principal:
-        principal = verify(self.secrets, token, max_ttl_s=self.max_ttl_s)
+        principal = verify(self.keys, token, max_ttl_s=self.max_ttl_s)
         if self.revocations.refuse(principal):
             raise InvalidToken("token revoked")
         return principal

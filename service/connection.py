@@ -68,20 +68,20 @@ class Outbox:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.bytes = 0
-        self._frames: deque[Frame] = deque()
+        self.frames: deque[Frame] = deque()  # read directly on the hot path (a deque's truth is C)
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
         self.closed = False
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self.frames)
 
     def put(self, frame: Frame) -> bool:
         """Queue without waiting; False once the outbox is closed."""
         if self.closed:
             return False
-        self._frames.append(frame)
+        self.frames.append(frame)
         self.bytes += size(frame)
         self._ready.set()
         if self.bytes > self.budget // 4:
@@ -94,12 +94,12 @@ class Outbox:
 
     async def get(self) -> Frame | None:
         """The next frame, or None once the outbox is closed (what was queued is dropped)."""
-        while not self._frames and not self.closed:
+        while not self.frames and not self.closed:
             self._ready.clear()
             await self._ready.wait()
         if self.closed:
             return None
-        frame = self._frames.popleft()
+        frame = self.frames.popleft()
         self.bytes -= size(frame)
         if self.bytes <= self.budget // 4:
             self._room.set()
@@ -107,16 +107,16 @@ class Outbox:
 
     def flush(self, send_now: Callable[[Sequence[Frame]], bool]) -> bool:
         """Hand everything queued to `send_now` in one call; drop it from the queue if it was taken."""
-        if self._frames and not self.closed and send_now(list(self._frames)):
+        if self.frames and not self.closed and send_now(list(self.frames)):
             self.bytes = 0
-            self._frames.clear()
+            self.frames.clear()
             self._room.set()
             return True
         return False
 
     def close(self) -> None:
         self.closed = True
-        self._frames.clear()
+        self.frames.clear()
         self.bytes = 0
         self._ready.set()
         self._room.set()
@@ -189,7 +189,7 @@ class Client:
         """
         if self.close_code is not None:
             return False
-        if not self._sending and not self.outbox and self.transport.send_now(frames):
+        if not self._sending and not self.outbox.frames and self.transport.send_now(frames):
             self._writes += 1
             return True
         for frame in frames:
@@ -201,10 +201,16 @@ class Client:
         nothing and return False (the subscription then catches up from the log instead)."""
         if self.close_code is not None:
             return False
-        if not self._sending and not self.outbox:
-            # The usual case, kept cheap: written at once when the socket is writable (its buffer then
-            # holds less than its high-water mark plus this run, a fraction of the budget), else queued.
-            return self.push_many(events)
+        if not self._sending and not self.outbox.frames:
+            # The usual case, kept cheap (this runs per client per run): written at once when the socket
+            # is writable (its buffer then holds less than its high-water mark plus this run, a fraction
+            # of the budget), else queued.
+            if self.transport.send_now(events):
+                self._writes += 1
+            else:
+                for event in events:
+                    self.outbox.put(event)
+            return True
         if self.pending() + sum(len(e.frame) for e in events) > self.budget:
             return False
         return self.push_many(events)
@@ -254,7 +260,7 @@ class Client:
         # high-water mark plus one run, and the next frame to queue starts the clock); or a write went
         # through since the last tick (the socket was writable: the peer had taken bytes); or the
         # socket's buffer shrank. The buffer is asked only while frames wait, to keep ticks cheap.
-        if not self.outbox and not self._sending:
+        if not self.outbox.frames and not self._sending:
             self.last_progress = now
             self._buffered_seen = 0
         else:
