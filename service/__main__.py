@@ -164,7 +164,7 @@ def cmd_project_add(args: argparse.Namespace) -> int:
     from . import eventlog
 
     try:
-        body = ProjectCreate(id=args.id, name=args.name, repo=args.repo)
+        body = ProjectCreate(id=args.id, name=args.name, repo=args.repo, webhook_secret=args.webhook_secret)
     except ValidationError as exc:
         first = exc.errors()[0]
         print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
@@ -177,7 +177,9 @@ def cmd_project_add(args: argparse.Namespace) -> int:
         await db.migrate_async(url)
         conn = await asyncpg.connect(db.asyncpg_dsn(url))
         try:
-            project = await eventlog.create_project(conn, id=body.id, name=body.name, repo=body.repo)
+            project = await eventlog.create_project(
+                conn, id=body.id, name=body.name, repo=body.repo, webhook_secret=body.webhook_secret
+            )
         except eventlog.ProjectExists:
             print(f"error: project {body.id!r} already exists", file=sys.stderr)
             return 1
@@ -253,6 +255,11 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("id")
     add.add_argument("--name", required=True)
     add.add_argument("--repo", default=None, help="OWNER/NAME of the GitHub repository it follows")
+    add.add_argument(
+        "--webhook-secret",
+        default=None,
+        help="the secret of the project's own GitHub hook, at /webhooks/github/ID (16 characters or more)",
+    )
     add.set_defaults(func=cmd_project_add)
 
     schema = sub.add_parser("schema", help="write the JSON Schema of every wire message")

@@ -19,7 +19,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,6 +28,8 @@ from .codes import CloseCode
 from .frames import EncodedEvent
 
 logger = logging.getLogger("herald.connection")
+
+BEFORE_CLOSE_S = 2.0  # the most a close waits for `before_close`
 
 Frame = str | EncodedEvent
 """What a client is sent: an event, encoded once for everyone, or a reply (JSON text) of its own."""
@@ -144,6 +146,9 @@ class Client:
     close_reason: str = ""
     writer: asyncio.Task[None] | None = None
     close_grace_s: float = 5.0
+    # Runs before the close frame goes out (it persists the client's acks): a client that resumes at
+    # once elsewhere then resumes after what it acked.
+    before_close: Callable[[], Awaitable[None]] | None = None
     _force_close: asyncio.TimerHandle | None = None
     _sending: bool = False  # the writer is in the middle of a send
     # Stall detection, kept off the fan-out's path: the writes the transport took.
@@ -245,6 +250,9 @@ class Client:
             if self._force_close is not None:
                 self._force_close.cancel()
             if self.close_code is not None:
+                if self.before_close is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(self.before_close(), BEFORE_CLOSE_S)
                 with contextlib.suppress(Exception):
                     await self.transport.close(self.close_code, self.close_reason)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from .db import BUSY_ERRORS, UNAVAILABLE_ERRORS
 from .eventlog import ProjectNotFound
 from .eventlog import head as project_head
 from .messages import format_timestamp
@@ -159,21 +160,35 @@ class AckBuffer:
         return len(self._pending)
 
     async def flush(self, keys: Callable[[tuple[str, str, str]], bool] | None = None) -> None:
-        """Persist pending acks (those matching `keys`, or all). On failure they stay pending and the
-        next flush tries again; the error propagates to the caller."""
+        """Persist pending acks (those matching `keys`, or all).
+
+        An ack stays pending (and `peek` sees it) until its write has landed, so a client resuming on
+        this process meanwhile resumes after it. When the database is unreachable, every ack stays
+        pending for the next flush and the error propagates. When PostgreSQL refuses the batch, the
+        acks are written one by one, so a row it refuses cannot hold the others back: the refused one
+        is logged and dropped (retrying it could only be refused again)."""
         async with self._lock:
             batch = {k: v for k, v in self._pending.items() if keys is None or keys(k)}
             if not batch:
                 return
-            for k in batch:
-                del self._pending[k]
-            try:
-                async with self._connection() as conn:
-                    await advance_many(conn, [(*k, v) for k, v in batch.items()])
-            except BaseException:
-                for k, v in batch.items():
-                    self.add(project_id=k[0], user=k[1], client_id=k[2], seq=v)
-                raise
+            rows = [(*k, v) for k, v in batch.items()]
+            async with self._connection() as conn:
+                try:
+                    await advance_many(conn, rows)
+                except asyncpg.PostgresError as exc:
+                    if isinstance(exc, UNAVAILABLE_ERRORS + BUSY_ERRORS):  # kept for the next flush
+                        raise
+                    logger.warning("persisting %d acks as one batch was refused (%s); one by one", len(rows), exc)
+                    for row in rows:
+                        try:
+                            await advance_many(conn, [row])
+                        except asyncpg.PostgresError as refused:
+                            if isinstance(refused, UNAVAILABLE_ERRORS + BUSY_ERRORS):
+                                raise
+                            logger.error("dropping an ack the database refuses: %r (%s)", row, refused)
+            for k, v in batch.items():  # landed: forget them, unless a newer ack came meanwhile
+                if self._pending.get(k) == v:
+                    del self._pending[k]
 
     async def flush_client(self, user: str, client_id: str) -> None:
         await self.flush(lambda k: k[1] == user and k[2] == client_id)

@@ -39,7 +39,28 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 
 
 class DatabaseUnavailable(Exception):
-    """The database could not be reached; the caller may retry. Nothing was written."""
+    """The database could not be reached; the caller may retry."""
+
+
+class DatabaseBusy(DatabaseUnavailable):
+    """The database is reachable but could not do it in time: a lock held elsewhere (lock_timeout) or
+    a statement past its timeout, which PostgreSQL aborted. Nothing was written; retry later."""
+
+
+BUSY_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.LockNotAvailableError,  # lock_timeout
+    asyncpg.exceptions.QueryCanceledError,  # statement_timeout
+)
+
+# How long a statement waits for a row lock (a project row held by a long transaction elsewhere) before
+# giving up: a busy row is answered "busy, retry" promptly instead of holding a pooled connection.
+LOCK_TIMEOUT_MS = 1000
+
+
+class ConnectionLost(DatabaseUnavailable):
+    """The connection failed after it was handed out (lost, timed out): a statement sent on it may
+    have taken effect without its reply arriving. For a read, a retry settles it; for a write, only an
+    idempotent retry does (an append's messageId)."""
 
 
 def asyncpg_dsn(url: str) -> str:
@@ -80,6 +101,13 @@ async def create_pool(url: str, *, size: int, timeout: float) -> asyncpg.Pool:
         command_timeout=timeout,
         timeout=timeout,  # connect timeout
         max_inactive_connection_lifetime=60.0,
+        # The server gives up first (half a second before the client would): a slow statement is aborted
+        # and answered busy (nothing written), rather than left running behind a caller who gave up
+        # and must then be told the outcome is unknown.
+        server_settings={
+            "lock_timeout": str(LOCK_TIMEOUT_MS),
+            "statement_timeout": str(max(100, int(timeout * 1000) - 500)),
+        },
     )
     return pool
 
@@ -202,8 +230,10 @@ class Database:
             raise DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
         try:
             yield conn
+        except BUSY_ERRORS as exc:
+            raise DatabaseBusy(str(exc)) from exc
         except UNAVAILABLE_ERRORS as exc:
-            raise DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
+            raise ConnectionLost(str(exc) or type(exc).__name__) from exc
         finally:
             try:
                 await self.pool.release(conn)

@@ -30,7 +30,7 @@ from typing import Any, Literal, cast
 import asyncpg
 import orjson
 
-from .db import UNAVAILABLE_ERRORS
+from .db import BUSY_ERRORS, UNAVAILABLE_ERRORS, ConnectionLost, DatabaseBusy
 from .messages import format_timestamp
 
 NOTIFY_CHANNEL = "herald_events"
@@ -40,6 +40,16 @@ logger = logging.getLogger("herald.eventlog")
 
 class ProjectNotFound(Exception):
     pass
+
+
+class OutcomeUnknown(ConnectionLost):
+    """An append whose transaction may have committed without the service seeing the reply (the
+    connection was lost, or a statement timed out, after it was sent). `message_id` is the id it was
+    appended under, if it was: a retry with it appends at most once (docs/protocol.md §7.2)."""
+
+    def __init__(self, message_id: str, cause: str) -> None:
+        super().__init__(cause)
+        self.message_id = message_id
 
 
 class ProjectExists(Exception):
@@ -90,13 +100,18 @@ class ProjectRow:
 # --- projects ----------------------------------------------------------------------------------------
 
 
-async def create_project(conn: asyncpg.Connection, *, id: str, name: str, repo: str | None) -> ProjectRow:
+async def create_project(
+    conn: asyncpg.Connection, *, id: str, name: str, repo: str | None, webhook_secret: str | None = None
+) -> ProjectRow:
+    """A new project; `webhook_secret`: the secret of its own GitHub hook (/webhooks/github/ID)."""
     try:
         row = await conn.fetchrow(
-            "INSERT INTO projects (id, name, repo) VALUES ($1, $2, $3) RETURNING id, name, repo, head",
+            "INSERT INTO projects (id, name, repo, webhook_secret) VALUES ($1, $2, $3, $4) "
+            "RETURNING id, name, repo, head",
             id,
             name,
             repo,
+            webhook_secret,
         )
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name == "projects_repo_key":
@@ -330,7 +345,7 @@ Outcome = tuple[StoredEvent, bool] | Exception  # of one append in a batch: the 
 
 
 def _refused(exc: BaseException) -> bool:
-    """An error about the statement, not about the database being reachable."""
+    """An error about the statement (or a lock it waited for), not about the database being reachable."""
     return isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, UNAVAILABLE_ERRORS)
 
 
@@ -342,11 +357,21 @@ async def _append_one(conn: asyncpg.Connection, a: Append) -> Outcome:
     except asyncpg.PostgresError as exc:
         if not _refused(exc):
             raise
+        if isinstance(exc, BUSY_ERRORS):  # its project's row is held elsewhere: this one waits, not others
+            return DatabaseBusy(str(exc))
         refused: Exception = exc  # asyncpg's exceptions are untyped
         return refused
 
 
 ConnectionFactory = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
+
+
+def unknown(exc: Exception, message_id: str) -> Exception:
+    """`exc` as what an append under `message_id` should raise: a connection lost after the append
+    was sent leaves its outcome unknown, which says so and names the messageId to retry with."""
+    if isinstance(exc, ConnectionLost) and not isinstance(exc, OutcomeUnknown):
+        return OutcomeUnknown(message_id, str(exc))
+    return exc
 
 
 @dataclass(eq=False)
@@ -361,9 +386,11 @@ class Appender:
     one (`append_many`): one transaction, one statement and one NOTIFY per project for the lot. An
     append waits for no timer, only for the commit in progress, if any; alone, it is written at once.
 
-    When the database is unreachable, a batch fails each of its appends with DatabaseUnavailable:
-    nothing of it was written, or, if the connection died during COMMIT, the caller cannot know,
-    exactly as with a single append; a retry with the same messageId settles it. When PostgreSQL
+    Every append has its messageId before the first attempt (`Append` makes one when the caller gave
+    none). When no connection can be had, each append of the batch fails with DatabaseUnavailable:
+    nothing was written. When the connection is lost (or a statement times out) once the batch was
+    sent, the transaction may have committed without the reply arriving: each append fails with
+    OutcomeUnknown, naming its messageId, and a retry with it appends at most once. When PostgreSQL
     refuses the batch's statement itself, its appends are retried one by one, so that one append the
     database refuses fails alone and the others are written.
     """
@@ -417,7 +444,7 @@ class Appender:
             except Exception as exc:  # the batch's error is each append's error
                 for p in batch:
                     if not p.future.done():
-                        p.future.set_exception(exc)
+                        p.future.set_exception(unknown(exc, p.append.message_id))
                 continue
             self.batches += 1
             for p, outcome in zip(batch, outcomes, strict=True):

@@ -40,8 +40,12 @@ logger = logging.getLogger("herald.frames")
 
 EXTENSION = "herald.frames"
 
-# What `write_frames` reads of uvicorn's protocol instance, beyond asyncio's Protocol API.
-REQUIRED_ATTRIBUTES = ("handshake_complete", "close_sent", "disconnected", "writable", "conn", "transport")
+# What the extension reads of uvicorn's protocol instance, beyond asyncio's Protocol API.
+REQUIRED_ATTRIBUTES = ("handshake_complete", "close_sent", "disconnected", "writable", "conn", "transport", "queue")
+
+# How long a close the client started waits for the app to persist what the connection leaves behind
+# (its acks) before it is answered anyway.
+CLOSE_HOLD_S = 2.0
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -92,8 +96,8 @@ def probe() -> str | None:
     finally:
         loop.close()
     missing = [name for name in REQUIRED_ATTRIBUTES if not hasattr(protocol, name)]
-    if not hasattr(getattr(protocol, "conn", None), "state"):
-        missing.append("conn.state")
+    conn = getattr(protocol, "conn", None)
+    missing += [f"conn.{name}" for name in ("state", "close_rcvd", "data_to_send") if not hasattr(conn, name)]
     if missing:
         return f"uvicorn's websockets-sansio protocol lacks {', '.join(missing)}"
     return None
@@ -110,14 +114,26 @@ def protocol() -> type[Any] | str:
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol, plus the `herald.frames` extension (see the module)."""
+    """uvicorn's websockets-sansio protocol, plus the `herald.frames` extension (see the module).
+
+    One more difference: when the client closes, its close is answered (which is what completes the
+    client's `close()`) only once the app calls `release_close`, having persisted the connection's
+    acks, or after CLOSE_HOLD_S. So a client that acks, closes cleanly and resumes at once on another
+    instance resumes after what it acked (docs/protocol.md §6).
+    """
+
+    _holding: asyncio.TimerHandle | None = None
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)  # absent when the handshake was refused
         if scope is not None:
             extensions = cast(dict[str, Any], scope["extensions"])
-            extensions[EXTENSION] = {"write": self.write_frames, "buffered": self.buffered}
+            extensions[EXTENSION] = {
+                "write": self.write_frames,
+                "buffered": self.buffered,
+                "release_close": self.release_close,
+            }
 
     def write_frames(self, data: bytes) -> bool:
         """Write encoded frames now if a `websocket.send` would go out now without waiting; else
@@ -133,6 +149,26 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             return False
         self.transport.write(data)
         return True
+
+    def handle_close(self, event: Any) -> None:
+        if self.close_sent or self.transport.is_closing() or self._holding is not None:
+            super().handle_close(event)
+            return
+        # The client closes: tell the app at once, but hold the answer until the app releases it.
+        assert self.conn.close_rcvd is not None
+        close = self.conn.close_rcvd
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": close.code, "reason": close.reason})
+        self._holding = self.loop.call_later(CLOSE_HOLD_S, self.release_close)
+
+    def release_close(self) -> None:
+        """Answer the client's close now (the app has persisted what it had to), if it is held."""
+        if self._holding is None:
+            return
+        self._holding.cancel()
+        self._holding = None
+        if not self.transport.is_closing():
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.close()
 
     def buffered(self) -> int:
         """Bytes written to the socket that the peer has not taken yet."""

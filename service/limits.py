@@ -13,14 +13,17 @@ instances each allow their own rate (docs/security.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .db import DatabaseBusy
 
 
 def http_protocol(*, header_timeout_s: float, max_header_bytes: int) -> type[HttpToolsProtocol]:
@@ -143,3 +146,32 @@ class RateLimits:
         else:
             self._buckets.move_to_end(key)
         return None if bucket.allow() else bucket.retry_after_s
+
+
+class Gates:
+    """At most `width` holders per key at once (batch publishes into one project): a caller past it
+    waits, up to a time, then is answered busy. So a project whose row is locked elsewhere holds at
+    most `width` pooled connections waiting for it, not the whole pool."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self._gates: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}  # key -> (gate, [holders and waiters])
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str, wait_s: float) -> AsyncIterator[None]:
+        """Hold `key`'s gate for the block; raises DatabaseBusy after `wait_s` without getting in."""
+        gate, count = self._gates.setdefault(key, (asyncio.Semaphore(self.width), [0]))
+        count[0] += 1
+        try:
+            try:
+                await asyncio.wait_for(gate.acquire(), wait_s)
+            except TimeoutError:
+                raise DatabaseBusy(f"more than {self.width} batch publishes into {key!r} at once") from None
+            try:
+                yield
+            finally:
+                gate.release()
+        finally:
+            count[0] -= 1
+            if not count[0]:
+                del self._gates[key]

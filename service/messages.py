@@ -231,6 +231,10 @@ class ProjectCreate(Wire):
     id: ProjectId
     name: Annotated[Text, Field(min_length=1, max_length=200)]
     repo: Repo | None = None
+    webhook_secret: Annotated[str, Field(min_length=16, max_length=200), AfterValidator(_no_control)] | None = Field(
+        default=None,
+        description="the secret of the project's own GitHub hook (/webhooks/github/ID); never returned",
+    )
 
 
 class Project(Wire):
@@ -288,6 +292,10 @@ class ErrorBody(Wire):
     error: str
     message: str
     field: str | None = None
+    message_id: str | None = Field(
+        default=None, description="503 `unavailable` of a publish that may have been written: retry with it"
+    )
+    message_ids: list[str] | None = Field(default=None, description="the same, for a batch: every event's, in order")
 
 
 class Health(Wire):

@@ -22,7 +22,7 @@ from .config import Settings
 from .connection import keep_alive
 from .cursors import AckBuffer
 from .hub import Hub
-from .limits import RateLimits
+from .limits import Gates, RateLimits
 from .listener import Listener
 from .metrics import Metrics
 
@@ -45,6 +45,8 @@ class Runtime:
     metrics: Metrics = field(init=False)
     verifier: auth.Verifier = field(init=False)
     http_limits: RateLimits = field(init=False)
+    batch_gates: Gates = field(init=False)
+    draining: bool = False
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -57,6 +59,7 @@ class Runtime:
         self.acks = AckBuffer(connection)
         self.verifier = auth.Verifier(settings.verification_secrets(), max_ttl_s=settings.token_max_ttl_s)
         self.http_limits = RateLimits(settings.http_rate, settings.http_burst)
+        self.batch_gates = Gates(width=2)
         self.listener = Listener(
             self.database_url,
             channels={eventlog.NOTIFY_CHANNEL: self._wake, auth.REVOCATIONS_CHANNEL: self._revocations_changed},
@@ -137,6 +140,7 @@ async def start(settings: Settings) -> Runtime:
 
 async def drain(runtime: Runtime) -> None:
     """Persist every pending ack and tell every client to go (1001; an SSE stream simply ends)."""
+    runtime.draining = True  # /readyz says so from now on
     with contextlib.suppress(Exception):
         await runtime.acks.flush()
     for client in list(runtime.hub.clients):

@@ -19,6 +19,7 @@ were handled to the end before the next. `accepting` tells the driver when to re
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,8 +31,8 @@ from pydantic import BaseModel
 from . import cursors
 from .auth import InvalidToken, Principal
 from .codes import CloseCode, ErrorCode
-from .db import DatabaseUnavailable
-from .eventlog import ProjectNotFound, StoredEvent
+from .db import DatabaseBusy, DatabaseUnavailable
+from .eventlog import OutcomeUnknown, ProjectNotFound, StoredEvent
 from .limits import RateLimit
 from .messages import (
     EVENT_TYPES,
@@ -84,7 +85,7 @@ class Append:
     project_id: str
     type: str
     data: dict[str, Any]
-    message_id: str | None
+    message_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +231,7 @@ def _ref_in(text: str) -> str | None:
 class _Publishing:
     project_id: str
     ref: str | None
+    message_id: str  # the client's, or one made before the first attempt (docs/protocol.md §7.2)
 
 
 class Session:
@@ -372,8 +374,9 @@ class Session:
         if not self.principal.may("publish", parsed.project_id):
             return False
         ticket = self._ticket()
-        self._publishing[ticket] = _Publishing(parsed.project_id, ref_of(item.message))
-        self._emit(Append(ticket, parsed.project_id, parsed.type, data, parsed.message_id))
+        message_id = parsed.message_id or str(uuid.uuid4())
+        self._publishing[ticket] = _Publishing(parsed.project_id, ref_of(item.message), message_id)
+        self._emit(Append(ticket, parsed.project_id, parsed.type, data, message_id))
         return True
 
     def _handle(self, item: _Inbound) -> None:
@@ -415,6 +418,16 @@ class Session:
             self._send(type="published", projectId=pid, messageId=event.message_id, seq=event.seq)
         elif isinstance(outcome, ProjectNotFound):
             self._refuse(ErrorCode.NOT_FOUND, f"no project {pid!r}", ref)
+        elif isinstance(outcome, OutcomeUnknown):
+            message_id = publishing.message_id
+            self._refuse(
+                ErrorCode.UNAVAILABLE,
+                f"the connection to the database was lost after the publish was sent: it may have been written; "
+                f"retry with messageId {message_id!r}",
+                message_id,
+            )
+        elif isinstance(outcome, DatabaseBusy):
+            self._refuse(ErrorCode.UNAVAILABLE, "the database is busy; nothing was written, retry", ref)
         elif isinstance(outcome, DatabaseUnavailable):
             self._refuse(ErrorCode.UNAVAILABLE, "the database is unreachable; nothing was written, retry", ref)
         elif isinstance(outcome, Exception):  # a bug: say so, and let the client resume rather than wait

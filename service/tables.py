@@ -38,6 +38,9 @@ projects = Table(
     # project and makes commit order equal seq order.
     Column("head", BigInteger, nullable=False, server_default=text("0")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The secret GitHub signs this project's deliveries with (its own hook URL, /webhooks/github/ID);
+    # unset: deliveries come through the service-wide secret, if there is one.
+    Column("webhook_secret", Text, nullable=True),
 )
 # GitHub compares repository names case-insensitively, and so do uniqueness and webhook routing.
 Index("projects_repo_key", func.lower(projects.c.repo), unique=True)
@@ -89,7 +92,6 @@ cursors = Table(
 
 # GitHub deliveries (webhooks.py) that appended an event, keyed as GitHub names them. GitHub redelivers
 # on timeouts and by hand; this row commits with the event, so a redelivery finds it and appends nothing.
-# Rows may be pruned after GitHub's redelivery window: the event's messageId (`gh:<delivery>`) still holds.
 webhook_deliveries = Table(
     "webhook_deliveries",
     metadata,
@@ -97,7 +99,12 @@ webhook_deliveries = Table(
     Column("delivery_id", Text, nullable=False),
     Column("project_id", Text, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # GitHub signs the body, not the delivery id: the same body re-sent under a new id is the same
+    # delivery (GitHub's bodies are never byte-identical across events). These rows are the guard
+    # against replays: keep them as long as the events they appended.
+    Column("body_sha256", LargeBinary, nullable=True),
     PrimaryKeyConstraint("hook_id", "delivery_id", name="webhook_deliveries_pkey"),
+    Index("webhook_deliveries_body", "project_id", "body_sha256", unique=True),
 )
 
 

@@ -27,6 +27,7 @@ class WebSocketTransport:
         extension = (websocket.scope.get("extensions") or {}).get(frames.EXTENSION)
         self._write: Callable[[bytes], bool] | None = extension["write"] if extension else None
         self._buffered: Callable[[], int] | None = extension["buffered"] if extension else None
+        self._release_close: Callable[[], None] | None = extension["release_close"] if extension else None
 
     async def send(self, frame: Frame) -> None:
         await self.websocket.send_text(frame.text if isinstance(frame, EncodedEvent) else frame)
@@ -40,6 +41,11 @@ class WebSocketTransport:
 
     async def close(self, code: int, reason: str) -> None:
         await self.websocket.close(code=code, reason=reason[:120])
+
+    def release_close(self) -> None:
+        """Answer a close the client started, now that what it left behind is persisted."""
+        if self._release_close is not None:
+            self._release_close()
 
     def buffered(self) -> int:
         # Without the extension every send goes through ASGI, which waits while the socket's buffer is

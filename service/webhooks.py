@@ -186,6 +186,74 @@ _MAPPINGS: dict[str, Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]]] 
 EVENTS: frozenset[str] = frozenset(_MAPPINGS)
 """The `X-GitHub-Event` values Herald records; `ping` is answered, every other one is ignored."""
 
+# GitHub signs the body, not the `X-GitHub-Event` header: a signed body re-sent under another event name
+# must not be read as that event. Each event's payload has its own object at the top, and none of the
+# others': a pull_request body under `pull_request_review` has no `review`, and is refused.
+_OWN = {
+    "pull_request": "pull_request",
+    "pull_request_review": "review",
+    "check_run": "check_run",
+    "check_suite": "check_suite",
+    "workflow_run": "workflow_run",
+    "status": "context",
+}
+
+
+# The objects other events put at the top of their payloads (those Herald maps, and those it ignores
+# but a hook may still be subscribed to): a mapped event's payload holds none of them but its own.
+_FOREIGN = frozenset(
+    {"review", "check_run", "check_suite", "workflow_run", "workflow_job", "comment", "thread", "deployment",
+     "deployment_status", "deployment_review", "issue", "release", "discussion", "merge_group",
+     "approver", "reviewers", "workflow_job_run", "workflow_job_runs"}  # deployment reviews
+)  # fmt: skip
+
+# GitHub's own action names: a body of another event under one of these names has an action they lack.
+_ACTIONS = {
+    "pull_request": frozenset(
+        {
+            "assigned",
+            "auto_merge_disabled",
+            "auto_merge_enabled",
+            "closed",
+            "converted_to_draft",
+            "demilestoned",
+            "dequeued",
+            "edited",
+            "enqueued",
+            "labeled",
+            "locked",
+            "milestoned",
+            "opened",
+            "ready_for_review",
+            "reopened",
+            "review_request_removed",
+            "review_requested",
+            "synchronize",
+            "unassigned",
+            "unlabeled",
+            "unlocked",
+        }
+    ),
+    "pull_request_review": frozenset({"submitted", "edited", "dismissed"}),
+}
+
+
+def _check_shape(event: str, payload: Mapping[str, Any]) -> None:
+    own = _OWN[event]
+    if not isinstance(payload.get(own), dict if own != "context" else str):
+        raise InvalidData(f"payload.{own}: a {event} delivery carries it; this one does not", f"payload.{own}")
+    foreign = sorted(key for key in _FOREIGN - {own} if key in payload)
+    if foreign:
+        raise InvalidData(
+            f"payload.{foreign[0]}: a {event} delivery does not carry it (is the event header right?)",
+            f"payload.{foreign[0]}",
+        )
+    actions = _ACTIONS.get(event)
+    if actions is not None and payload.get("action") not in actions:
+        # Not refused: GitHub adds actions now and then. Not recorded either: Herald cannot tell a new
+        # action from another event's body re-sent under this event's name.
+        raise Unmapped(f"{payload.get('action')!r} is not a {event} action Herald knows")
+
 
 def to_event(event: str, payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """The Herald event type and data for GitHub's `event` (the `X-GitHub-Event` header) and payload.
@@ -199,6 +267,7 @@ def to_event(event: str, payload: Mapping[str, Any]) -> tuple[str, dict[str, Any
     if mapping is None:
         raise Unmapped(f"Herald does not record {event!r} events")
     repository(payload)  # an organization's delivery names no repository, so no project: not recorded
+    _check_shape(event, payload)
     return mapping(payload)
 
 
@@ -223,6 +292,7 @@ class Delivery:
 
     hook_id: str
     delivery_id: str
+    body_sha256: bytes = b""
 
     @property
     def message_id(self) -> str:
@@ -240,15 +310,36 @@ class Appended:
     duplicate: bool
 
 
-async def project_for_repo(conn: asyncpg.Connection, repo: str) -> str | None:
-    """The id of the project whose `repo` is `repo`, compared as GitHub does, case-insensitively."""
-    project_id: str | None = await conn.fetchval("SELECT id FROM projects WHERE lower(repo) = lower($1)", repo)
-    return project_id
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """A project as its webhooks see it: the repository it follows and its own secret, if any."""
+
+    project_id: str
+    repo: str | None
+    secret: str | None
 
 
+async def project_for_repo(conn: asyncpg.Connection, repo: str) -> Hook | None:
+    """The project whose `repo` is `repo`, compared as GitHub does, case-insensitively."""
+    row = await conn.fetchrow("SELECT id, repo, webhook_secret FROM projects WHERE lower(repo) = lower($1)", repo)
+    return Hook(row["id"], row["repo"], row["webhook_secret"]) if row else None
+
+
+async def project_hook(conn: asyncpg.Connection, project_id: str) -> Hook | None:
+    row = await conn.fetchrow("SELECT id, repo, webhook_secret FROM projects WHERE id = $1", project_id)
+    return Hook(row["id"], row["repo"], row["webhook_secret"]) if row else None
+
+
+# Either key makes a copy: the delivery id (GitHub's redelivery) or the body (a replay under a new id).
 _CLAIM = """
-INSERT INTO webhook_deliveries (hook_id, delivery_id, project_id) VALUES ($1, $2, $3)
-ON CONFLICT (hook_id, delivery_id) DO NOTHING RETURNING project_id
+INSERT INTO webhook_deliveries (hook_id, delivery_id, project_id, body_sha256) VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING RETURNING project_id
+"""
+
+_ORIGINAL = """
+SELECT project_id, delivery_id FROM webhook_deliveries
+WHERE (hook_id = $1 AND delivery_id = $2) OR (project_id = $3 AND body_sha256 = $4)
+LIMIT 1
 """
 
 
@@ -262,19 +353,17 @@ async def append_once(
     key: the second waits for the first to commit and then appends nothing. `data` must be validated.
     Raises log.ProjectNotFound when the project is gone.
     """
+    key = (delivery.hook_id, delivery.delivery_id, project_id, delivery.body_sha256 or None)
     async with conn.transaction():
         try:
-            claimed = await conn.fetchval(_CLAIM, delivery.hook_id, delivery.delivery_id, project_id)
+            claimed = await conn.fetchval(_CLAIM, *key)
         except asyncpg.ForeignKeyViolationError:
             raise eventlog.ProjectNotFound(project_id) from None
         if claimed is None:
-            original = await conn.fetchval(
-                "SELECT project_id FROM webhook_deliveries WHERE hook_id = $1 AND delivery_id = $2",
-                delivery.hook_id,
-                delivery.delivery_id,
-            )
-            event = await eventlog.get_by_message_id(conn, original, delivery.message_id)
-            return Appended(original, event.seq if event else None, delivery.message_id, duplicate=True)
+            row = await conn.fetchrow(_ORIGINAL, *key)
+            original = Delivery(delivery.hook_id, row["delivery_id"])
+            event = await eventlog.get_by_message_id(conn, row["project_id"], original.message_id)
+            return Appended(row["project_id"], event.seq if event else None, original.message_id, duplicate=True)
         stored, created = await eventlog.append(
             conn, project_id=project_id, type=type, data=data, message_id=delivery.message_id
         )

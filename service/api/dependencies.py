@@ -21,7 +21,7 @@ from ..cursors import AckBuffer
 from ..db import Database
 from ..eventlog import Appender
 from ..hub import Hub
-from ..limits import RateLimits
+from ..limits import Gates, RateLimits
 from ..messages import is_project_id
 from ..metrics import Metrics
 from ..runtime import Runtime
@@ -66,6 +66,14 @@ async def _http_limits(connection: HTTPConnection) -> RateLimits:
     return _runtime(connection).http_limits
 
 
+async def _batch_gates(connection: HTTPConnection) -> Gates:
+    return _runtime(connection).batch_gates
+
+
+async def _runtime_dep(connection: HTTPConnection) -> Runtime:
+    return _runtime(connection)
+
+
 HubDep = Annotated[Hub, Depends(_hub)]
 AppenderDep = Annotated[Appender, Depends(_appender)]
 AcksDep = Annotated[AckBuffer, Depends(_acks)]
@@ -74,6 +82,9 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 VerifierDep = Annotated[Verifier, Depends(_verifier)]
 HttpLimitsDep = Annotated[RateLimits, Depends(_http_limits)]
+BatchGatesDep = Annotated[Gates, Depends(_batch_gates)]
+ReadinessDep = Annotated[Runtime, Depends(_runtime_dep)]
+"""The whole runtime: only /readyz, whose question is about all of its parts."""
 
 _bearer = HTTPBearer(auto_error=False, description="A token from `herald token` (or `python -m service token`)")
 

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..codes import HTTP_STATUS, ErrorCode
-from ..db import DatabaseUnavailable
+from ..db import ConnectionLost, DatabaseBusy, DatabaseUnavailable
 from ..messages import ErrorBody
 
 logger = logging.getLogger("herald.api.errors")
@@ -33,6 +33,7 @@ class ApiError(Exception):
         field: str | None = None,
         status: int | None = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -40,9 +41,12 @@ class ApiError(Exception):
         self.field = field
         self.status = status  # when the contract names another status than the code's usual one
         self.headers = headers
+        self.extra = extra  # more fields of the body (the messageId of an unknown outcome)
 
     def response(self) -> JSONResponse:
-        return error_response(self.code, self.message, field=self.field, status=self.status, headers=self.headers)
+        return error_response(
+            self.code, self.message, field=self.field, status=self.status, headers=self.headers, extra=self.extra
+        )
 
 
 def rate_limited(retry_after_s: int, message: str) -> ApiError:
@@ -56,15 +60,30 @@ def error_response(
     field: str | None = None,
     headers: dict[str, str] | None = None,
     status: int | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {"error": code.value, "message": message}
     if field is not None:
         body["field"] = field
+    if extra:
+        body.update(extra)
     return JSONResponse(body, status_code=status or HTTP_STATUS[code], headers=headers)
 
 
 def project_missing(project_id: str) -> ApiError:
     return ApiError(ErrorCode.NOT_FOUND, f"no project {project_id!r}")
+
+
+def outcome_unknown(message_ids: list[str], *, batch: bool = False) -> ApiError:
+    """docs/protocol.md §7.2: the publish may have been written; retrying with its messageId(s) is safe."""
+    one = not batch
+    return ApiError(
+        ErrorCode.UNAVAILABLE,
+        "the connection to the database was lost after the publish was sent: it may have been written. "
+        f"Retry with the same {'messageId' if one else 'messageIds'}: a retry appends at most once",
+        headers={"Retry-After": "1"},
+        extra={"messageId": message_ids[0]} if one else {"messageIds": message_ids},
+    )
 
 
 # For the OpenAPI document: the statuses every route may answer with the error body.
@@ -84,11 +103,13 @@ def install(app: FastAPI) -> None:
     async def _unavailable(request: Request, exc: DatabaseUnavailable) -> Response:
         # The driver's words (addresses, errno) are for the operator's log, not for the caller.
         logger.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc)
-        return error_response(
-            ErrorCode.UNAVAILABLE,
-            "the database is unreachable; nothing was written, retry",
-            headers={"Retry-After": "1"},
-        )
+        if isinstance(exc, DatabaseBusy):
+            message = "the database is busy (a row is locked, or a statement ran too long); nothing was written, retry"
+        elif isinstance(exc, ConnectionLost):
+            message = "the connection to the database was lost; what was asked may have taken effect: retry"
+        else:
+            message = "the database is unreachable; nothing was written, retry"
+        return error_response(ErrorCode.UNAVAILABLE, message, headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> Response:

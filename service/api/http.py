@@ -8,6 +8,7 @@ Bodies are read and parsed here rather than by FastAPI so that size (413), synta
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -22,6 +23,7 @@ from starlette.routing import Match
 
 from .. import cursors, eventlog, state
 from ..codes import ErrorCode
+from ..db import ConnectionLost
 from ..messages import (
     MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
@@ -46,8 +48,8 @@ from ..messages import (
     event_data,
 )
 from . import errors
-from .dependencies import AppenderDep, Auth, DatabaseDep, MetricsDep, require
-from .errors import ERRORS, ApiError, error_response, project_missing
+from .dependencies import AppenderDep, Auth, BatchGatesDep, DatabaseDep, MetricsDep, ReadinessDep, require
+from .errors import ERRORS, ApiError, error_response, outcome_unknown, project_missing
 
 JSON = "application/json"
 M = TypeVar("M", bound=BaseModel)
@@ -136,6 +138,23 @@ async def healthz(database: DatabaseDep) -> Response:
     return error_response(ErrorCode.UNAVAILABLE, "the database is unreachable", headers={"Retry-After": "1"})
 
 
+@router.get("/readyz", response_model=Health, responses={503: {"model": ErrorBody}}, tags=["health"])
+async def readyz(running: ReadinessDep) -> Response:
+    """Whether this instance should be sent traffic: the database answers, the LISTEN connection is up
+    (else live delivery would wait for the 2 s re-read), and it is not shutting down. 503 names what
+    is missing. `/healthz` is liveness: the process and its database."""
+    missing = []
+    if running.draining:
+        missing.append("shutting down")
+    if not running.listener.connected.is_set():
+        missing.append("the LISTEN connection is down (live delivery falls back to a re-read every 2 s)")
+    if not await running.database.healthy():
+        missing.append("the database is unreachable")
+    if missing:
+        return error_response(ErrorCode.UNAVAILABLE, "not ready: " + "; ".join(missing), headers={"Retry-After": "1"})
+    return json_response({"status": "ok"})
+
+
 @router.post(
     "/api/projects",
     status_code=201,
@@ -153,7 +172,9 @@ async def create_project(request: Request, principal: Auth, database: DatabaseDe
         raise ApiError(ErrorCode.FORBIDDEN, f"this token does not grant access to project {body.id!r}")
     async with database.connection() as conn:
         try:
-            project = await eventlog.create_project(conn, id=body.id, name=body.name, repo=body.repo)
+            project = await eventlog.create_project(
+                conn, id=body.id, name=body.name, repo=body.repo, webhook_secret=body.webhook_secret
+            )
         except eventlog.ProjectExists:
             raise ApiError(ErrorCode.EXISTS, f"project {body.id!r} already exists", field="id") from None
         except eventlog.RepoTaken:
@@ -185,12 +206,14 @@ async def publish(project_id: str, request: Request, principal: Auth, appender: 
     body = validate(PublishRequest, await read_json(request))
     same_project(body, project_id)
     data = validate_event_data(body.type, body.data)
+    # The messageId exists before the first attempt, so an unknown outcome can name it (§7.2).
+    message_id = body.message_id or str(uuid.uuid4())
     try:  # group commit: concurrent publishes (HTTP and WebSocket alike) share one transaction
-        event, created = await appender.append(
-            project_id=project_id, type=body.type, data=data, message_id=body.message_id
-        )
+        event, created = await appender.append(project_id=project_id, type=body.type, data=data, message_id=message_id)
     except eventlog.ProjectNotFound:
         raise project_missing(project_id) from None
+    except eventlog.OutcomeUnknown as exc:
+        raise outcome_unknown([exc.message_id]) from exc
     return Response(event.encode(), status_code=201 if created else 200, media_type=JSON)
 
 
@@ -205,7 +228,9 @@ async def publish(project_id: str, request: Request, principal: Auth, appender: 
     openapi_extra=_body(PublishBatchRequest),
     tags=["events"],
 )
-async def publish_batch(project_id: str, request: Request, principal: Auth, database: DatabaseDep) -> Response:
+async def publish_batch(
+    project_id: str, request: Request, principal: Auth, database: DatabaseDep, gates: BatchGatesDep
+) -> Response:
     """Append up to 1,000 events in one transaction (publish): all or none, contiguous seqs in the order
     given, each idempotent on its messageId. 201 when any was appended; 200 when none was new. A bad
     event refuses the whole batch, naming it (`events.3.data.status`)."""
@@ -227,8 +252,13 @@ async def publish_batch(project_id: str, request: Request, principal: Auth, data
             if event.message_id
             else eventlog.Append(project_id, event.type, data)
         )
-    async with database.connection() as conn:  # one transaction of its own: the batch is all or none
-        outcomes = await eventlog.append_many(conn, appends)
+    try:
+        # At most two batches per project at once: a project whose row is locked elsewhere holds two
+        # pooled connections waiting for it, not the pool (the rest are answered busy).
+        async with gates.hold(project_id, database.timeout), database.connection() as conn:
+            outcomes = await eventlog.append_many(conn, appends)  # one transaction: all or none
+    except ConnectionLost as exc:
+        raise outcome_unknown([a.message_id for a in appends], batch=True) from exc
     results = []
     for outcome in outcomes:
         if isinstance(outcome, eventlog.ProjectNotFound):
@@ -328,7 +358,7 @@ async def metrics(principal: Auth, metrics: MetricsDep) -> Response:
 
 # --- errors, the dashboard, the OpenAPI document ------------------------------------------------------
 
-_RESERVED_PREFIXES = ("api", "ws", "webhooks", "healthz", "metrics")
+_RESERVED_PREFIXES = ("api", "ws", "webhooks", "healthz", "readyz", "metrics")
 
 # The dashboard keeps a token in localStorage, so no script may run on its pages but its own bundle
 # (no inline script, no other origin), no other site may frame it (clickjacking), and no page

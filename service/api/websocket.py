@@ -256,13 +256,15 @@ async def websocket_endpoint(
         cap = settings.max_connections_per_user
         await websocket.close(CloseCode.TRY_AGAIN_LATER, f"this user already has {cap} connections here")
         return
+    transport = WebSocketTransport(websocket)
     client = Client(
-        WebSocketTransport(websocket),
+        transport,
         principal,
         client_id,
         Outbox(settings.ws_outbox_bytes),
         heartbeat_s=settings.heartbeat_ms / 1000,
         stall_s=settings.ws_stall_s,
+        before_close=lambda: acks.flush_client(principal.user, client_id),
     )
     session = Session(principal, verify=verify, rate=RateLimit(settings.ws_rate, settings.ws_burst))
     driver = Driver(session, client, hub=hub, appender=appender, acks=acks, database=database)
@@ -289,3 +291,4 @@ async def websocket_endpoint(
             logger.error("connection %s failed handling a message", client.connection_id, exc_info=failure)
         with contextlib.suppress(Exception):
             await acks.flush_client(client.user, client.client_id)
+        transport.release_close()  # a close the client started is answered now that its acks are persisted

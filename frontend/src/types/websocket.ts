@@ -50,6 +50,14 @@ export interface ErrorBody {
   error: string;
   message: string;
   field?: string | null;
+  /**
+   * 503 `unavailable` of a publish that may have been written: retry with it
+   */
+  messageId?: string | null;
+  /**
+   * the same, for a batch: every event's, in order
+   */
+  messageIds?: string[] | null;
 }
 export interface ErrorMessage {
   type: 'error';
@@ -113,6 +121,10 @@ export interface ProjectCreate {
   id: string;
   name: string;
   repo?: string | null;
+  /**
+   * the secret of the project's own GitHub hook (/webhooks/github/ID); never returned
+   */
+  webhookSecret?: string | null;
 }
 export interface ProjectList {
   projects: Project[];
