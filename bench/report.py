@@ -219,6 +219,7 @@ def soak(doc: dict[str, Any]) -> list[str]:
             "",
             f"Log: seqs contiguous {log['contiguous']}, acknowledged events missing {log['acked_missing']}, "
             f"appended twice {log['appended_twice']}; publish retries {fmt(r['publish_retries'])}; "
+            f"commit replies lost on the way back {r.get('replies_dropped', '-')}; "
             f"invented events {clients['invented']}; error frames {clients['errors']}.",
         ]
     return lines

@@ -10,8 +10,10 @@ messageId through the other instance until an answer comes. Subscribers are WebS
 survive anything: after any drop they reconnect to a random instance and resume (from their own last
 seq with `after`, or from their durable cursor), ack as they go, keep everything they receive
 (duplicates included), and drop their connection now and then on purpose (abruptly or cleanly).
-A chaos loop, every few seconds, either kills an instance with SIGKILL (restarted on the same port a
-moment later) or terminates every server-side database connection.
+A chaos loop, every few seconds, kills an instance with SIGKILL (restarted on the same port a moment
+later), terminates every server-side database connection, or makes the network lose the reply of an
+append: instance b reaches PostgreSQL through a TCP proxy (tests/proxy.py) that, when told, forwards
+the next append and drops its reply, so the commit happens and b cannot know (docs/protocol.md §7.2).
 
 The checker, once the faults stop and every subscriber has caught up:
 * the log: in every project the seqs are exactly 1..head, and every acknowledged messageId is in it
@@ -51,6 +53,7 @@ from harness import (
 
 from service import db
 from tests.consumer import Consumer
+from tests.proxy import ReplyDroppingProxy
 
 
 @dataclass
@@ -99,6 +102,7 @@ class Publisher:
 class Chaos:
     instances: list[ServerProcess]
     database_url: str
+    proxy: ReplyDroppingProxy
     rng: random.Random
     period_s: float
     kills: int = 0
@@ -111,7 +115,12 @@ class Chaos:
                 await asyncio.wait_for(stop.wait(), self.rng.uniform(0.5, 1.5) * self.period_s)
             if stop.is_set():
                 return
-            if self.rng.random() < 0.5:
+            fault = self.rng.random()
+            if fault < 1 / 3:
+                # The next append through b commits and its reply is lost: b answers "may have been
+                # written" with the messageId, and the publisher's retry with it appends nothing more.
+                self.proxy.drop_reply_to(b"pub")
+            elif fault < 2 / 3:
                 victim = self.rng.choice(self.instances)
                 self.kills += 1
                 victim.stop(signal.SIGKILL)
@@ -143,8 +152,8 @@ async def read_log(url: str, projects: list[str]) -> dict[str, dict[int, str]]:
 async def soak(args: argparse.Namespace, database_: Database, logs: Path) -> dict[str, Any]:
     rng = random.Random(args.seed)
     projects = [f"soak-{i}" for i in range(args.projects)]
-    async with database_.fresh() as url:
-        instances = [herald(url, logs, name=name) for name in ("a", "b")]
+    async with database_.fresh() as url, ReplyDroppingProxy(url) as proxy:
+        instances = [herald(url, logs, name="a"), herald(proxy.url, logs, name="b")]
         await asyncio.gather(*(asyncio.to_thread(s.start) for s in instances))
         try:
             for p in projects:
@@ -168,7 +177,7 @@ async def soak(args: argparse.Namespace, database_: Database, logs: Path) -> dic
                 Publisher(i, instances, projects, args.rate / args.publishers, random.Random(rng.random()))
                 for i in range(args.publishers)
             ]
-            chaos = Chaos(instances, url, random.Random(rng.random()), args.fault_every)
+            chaos = Chaos(instances, url, proxy, random.Random(rng.random()), args.fault_every)
             stop_faults, stop_publishing, stop_reading = asyncio.Event(), asyncio.Event(), asyncio.Event()
             reading = [asyncio.create_task(s.run(stop_reading)) for s in subscribers]
             publishing = [asyncio.create_task(p.run(stop_publishing)) for p in publishers]
@@ -236,6 +245,7 @@ def judge(
         "published_acked": len(acked),
         "publish_retries": sum(p.retries for p in publishers),
         "kills": chaos.kills,
+        "replies_dropped": chaos.proxy.dropped,  # commits whose answer was lost on the way back
         "connection_cuts": chaos.cuts,
         "terminated_backends": chaos.terminated_connections,
         "client_connections": sum(s.connections for s in subscribers),

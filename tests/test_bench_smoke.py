@@ -97,13 +97,15 @@ def test_memory_idle_and_sustained(pg_url: str, tmp_path: Path) -> None:
 
 
 def test_soak_with_faults_passes_its_checker(pg_url: str, tmp_path: Path) -> None:
-    """A short soak, with kill -9, connection cuts and client drops, ends with zero loss and zero gaps."""
+    """A short soak, with kill -9, connection cuts, lost commit replies and client drops, ends with zero
+    loss, zero gaps and nothing appended twice."""
     doc = bench(
         "soak.py", "--minutes", "0.25", "--subscribers", "4", "--publishers", "2", "--projects", "2",
         "--fault-every", "4", "--churn", "4", pg_url=pg_url, results=tmp_path,
     )  # fmt: skip
     (run,) = doc["runs"]
     assert run["ok"] and run["events"] > 0 and run["clients"]["lost"] == 0, run
+    assert run["log"]["appended_twice"] == 0 and run["replies_dropped"] >= 0, run
 
 
 def test_ws_implementations_compares_all_three(tmp_path: Path) -> None:
