@@ -99,6 +99,8 @@ def create_app(settings: Settings, *, frontend_dist: Path | None = FRONTEND_DIST
             expose_headers=["Retry-After"],
             max_age=600,
         )
+    # Outermost: a request past the limit costs a counter and a JSON 503, nothing else.
+    app.add_middleware(limits.ConcurrencyLimit, limit=settings.limit_concurrency)
     app.include_router(websocket.router)
     app.include_router(sse.router)
     app.include_router(webhooks.router)

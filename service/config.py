@@ -8,6 +8,7 @@ secret, a guessable secret) is refused here rather than discovered later.
 from __future__ import annotations
 
 import os
+import resource
 import secrets
 from pathlib import Path
 from typing import Annotated
@@ -36,6 +37,13 @@ def secret_problem(value: str, name: str) -> str | None:
     if len(set(value)) < MIN_DISTINCT_CHARACTERS:
         return f"{name} has fewer than {MIN_DISTINCT_CHARACTERS} distinct characters: it is guessable"
     return None
+
+
+def default_concurrency() -> int:
+    """HTTP requests the process can hold at once: its open-file limit, less room for the database
+    pool, the listener and log files."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 100_000 if soft == resource.RLIM_INFINITY else max(64, soft - 128)
 
 
 class ConfigError(Exception):
@@ -78,6 +86,10 @@ class Settings(BaseSettings):
     # A request whose headers are not complete in this time, or exceed `max_header_bytes`, is dropped.
     header_timeout_s: float = Field(default=10.0, gt=0, validation_alias="HERALD_HEADER_TIMEOUT_S")
     max_header_bytes: int = Field(default=64 * 1024, ge=4096, validation_alias="HERALD_MAX_HEADER_BYTES")
+    # HTTP requests in progress (SSE streams included) past which new ones get 503 at once.
+    limit_concurrency: int = Field(
+        default_factory=default_concurrency, ge=1, validation_alias="HERALD_LIMIT_CONCURRENCY"
+    )
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

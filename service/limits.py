@@ -175,3 +175,33 @@ class Gates:
             count[0] -= 1
             if not count[0]:
                 del self._gates[key]
+
+
+class ConcurrencyLimit:
+    """ASGI middleware: at most `limit` HTTP requests in progress in this process (SSE streams
+    included, WebSockets not: those are capped per user). Past it, a request is answered at once with
+    the contract's 503 `unavailable` and `Retry-After: 1` (uvicorn's own limit_concurrency answers plain
+    text), so a flood costs a counter, not a task per request waiting for the database."""
+
+    def __init__(self, app: Any, *, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_progress = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.in_progress >= self.limit:
+            body = json.dumps(
+                {"error": "unavailable", "message": "too many requests in progress on this instance; retry"}
+            ).encode()
+            headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.in_progress += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_progress -= 1

@@ -877,3 +877,28 @@ async def test_dashboard_pages_forbid_foreign_scripts_and_framing(database_url: 
         server.should_exit = True
         async with asyncio.timeout(timeout(15)):
             await task
+
+
+# --- requests in progress -------------------------------------------------------------------------------
+
+
+async def test_requests_past_the_concurrency_limit_get_a_json_503(database_url: str, tmp_path: Path) -> None:
+    """With HERALD_LIMIT_CONCURRENCY=2 and two SSE streams held open, a third HTTP request is answered
+    503 `unavailable` (JSON, Retry-After) at once instead of queuing; a WebSocket still connects (it is
+    capped per user instead); once a stream closes, requests are served again."""
+    running, task = await start_server(make_settings(database_url, tmp_path, limit_concurrency=2))
+    try:
+        async with httpx.AsyncClient(base_url=running.base_url, headers=running.headers(), timeout=timeout(10)) as h:
+            await create(h, "p")
+            async with stream(h, "/api/projects/p/stream"), stream(h, "/api/projects/p/stream"):
+                r = await h.get("/api/projects")
+                assert r.status_code == 503 and r.json()["error"] == "unavailable", r.text
+                assert r.headers["retry-after"] == "1" and "in progress" in r.json()["message"]
+                ws = await open_client(running)  # not an HTTP request in progress: not refused
+                await ws.ws.close()
+            deadline = time.monotonic() + timeout(5)
+            while (r := await h.get("/api/projects")).status_code != 200:
+                assert time.monotonic() < deadline, r.text
+                await asyncio.sleep(0.05)
+    finally:
+        await stop_server(running, task)
