@@ -13,12 +13,17 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+import asyncpg
 
 from . import auth, db
 from .config import ConfigError, Settings, load_settings
 from .messages import ProjectCreate, json_schema
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -33,6 +38,21 @@ def database(settings: Settings) -> Iterator[str]:
         yield embedded.url
     finally:
         embedded.stop()
+
+
+def on_database(settings: Settings, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """Run `work` on one connection to the (migrated) database of `settings`, for a CLI command."""
+
+    async def run(url: str) -> T:
+        await db.migrate_async(url)
+        conn = await asyncpg.connect(db.asyncpg_dsn(url))
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    with database(settings) as url:
+        return asyncio.run(run(url))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -138,20 +158,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     if (args.user is None) == (args.id is None) or args.projects is not None or args.scopes is not None:
         print("error: token revoke takes --user USER or --id TOKEN_ID", file=sys.stderr)
         return 2
-    settings = load_settings()
-
-    async def revoke(url: str) -> float:
-        import asyncpg
-
-        await db.migrate_async(url)
-        conn = await asyncpg.connect(db.asyncpg_dsn(url))
-        try:
-            return await auth.revoke(conn, user=args.user, token_id=args.id)
-        finally:
-            await conn.close()
-
-    with database(settings) as url:
-        moment = asyncio.run(revoke(url))
+    moment = on_database(load_settings(), lambda conn: auth.revoke(conn, user=args.user, token_id=args.id))
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
     what = f"every token of user {args.user!r} issued up to {when}" if args.user else f"token {args.id}"
     print(f"revoked {what}; instances refuse it within seconds", file=sys.stderr)
@@ -169,13 +176,8 @@ def cmd_project_add(args: argparse.Namespace) -> int:
         first = exc.errors()[0]
         print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
         return 2
-    settings = load_settings()
 
-    async def add(url: str) -> int:
-        import asyncpg
-
-        await db.migrate_async(url)
-        conn = await asyncpg.connect(db.asyncpg_dsn(url))
+    async def add(conn: asyncpg.Connection) -> int:
         try:
             project = await eventlog.create_project(
                 conn, id=body.id, name=body.name, repo=body.repo, webhook_secret=body.webhook_secret
@@ -186,13 +188,10 @@ def cmd_project_add(args: argparse.Namespace) -> int:
         except eventlog.RepoTaken:
             print(f"error: repo {body.repo!r} belongs to another project", file=sys.stderr)
             return 1
-        finally:
-            await conn.close()
         print(json.dumps(project.to_dict()))
         return 0
 
-    with database(settings) as url:
-        return asyncio.run(add(url))
+    return on_database(load_settings(), add)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
