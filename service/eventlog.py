@@ -11,6 +11,8 @@ Plain async functions over an asyncpg connection. The guarantees live in the SQL
 * A repeated `message_id` appends nothing and returns the original event.
 * The same statement records the event as the latest of its subject (`subject`) in `project_state`,
   so the project state (state.py) is always exactly the fold of the committed log.
+* The same statement extends the project's audit chain (audit.py): the event's hash covers the previous
+  one, kept on the project row it locks, so the chain costs no read of the log.
 * `append_many` appends a batch, over any number of projects, in one transaction with one NOTIFY per
   project, under the same guarantees; `Appender` is the group commit that feeds it: the appends that
   arrive while a transaction is committing share the next one (docs/delivery.md, "Group commit").
@@ -30,6 +32,7 @@ from typing import Any, Literal, cast
 import asyncpg
 import orjson
 
+from . import audit
 from .db import BUSY_ERRORS, UNAVAILABLE_ERRORS, ConnectionLost, DatabaseBusy
 from .messages import format_timestamp
 
@@ -71,6 +74,7 @@ class StoredEvent:
     type: str
     data: str
     created_at: datetime
+    hash: bytes
 
     def encode(self) -> bytes:
         """The event's wire JSON (docs/protocol.md §2). Encode once, send to many."""
@@ -82,6 +86,7 @@ class StoredEvent:
                 "messageId": self.message_id,
                 "timestamp": format_timestamp(self.created_at),
                 "data": orjson.Fragment(self.data),
+                "hash": self.hash.hex(),
             }
         )
 
@@ -163,27 +168,35 @@ def subject(type: str, data: Mapping[str, Any]) -> list[Any] | None:
     return None
 
 
-# One statement, so one round trip and one atomic unit: take the seq, insert the event, make it the
+# The wire timestamp (format_timestamp) as PostgreSQL spells it: both truncate to the millisecond.
+_TIMESTAMP = """to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
+
+# One statement, so one round trip and one atomic unit: take the seq and extend the chain (the canonical
+# form's pieces $6 and $7 around the seq and the time, audit.pieces), insert the event, make it the
 # latest of its subject ($5, absent for types without one), and notify. The subject is hashed from its
 # canonical jsonb text (see tables.py); seqs only grow, so the guard on the update never fires in
 # practice, but it keeps the state from ever moving back.
 _APPEND = f"""
 WITH next AS (
-    UPDATE projects SET head = head + 1 WHERE id = $1 RETURNING head
+    UPDATE projects SET head = head + 1, last_hash = sha256(
+        last_hash || $6::bytea
+        || convert_to((head + 1)::text || '{audit.MIDDLE.decode()}' || {_TIMESTAMP}, 'UTF8')
+        || $7::bytea
+    ) WHERE id = $1 RETURNING head, last_hash
 ), event AS (
-    INSERT INTO events (project_id, seq, message_id, type, data)
-    SELECT $1, next.head, $2, $3, $4::jsonb FROM next
-    RETURNING seq, created_at, data
+    INSERT INTO events (project_id, seq, message_id, type, data, hash)
+    SELECT $1, next.head, $2, $3, $4::jsonb, next.last_hash FROM next
+    RETURNING seq, created_at, data, hash
 ), latest AS (
     INSERT INTO project_state (project_id, type, subject, seq)
     SELECT $1, $3, sha256(convert_to($5::jsonb::text, 'UTF8')), seq FROM event WHERE $5::jsonb IS NOT NULL
     ON CONFLICT (project_id, type, subject) DO UPDATE SET seq = excluded.seq
     WHERE project_state.seq < excluded.seq
 )
-SELECT seq, created_at, data::text AS data, pg_notify('{NOTIFY_CHANNEL}', $1 || ':' || seq) FROM event
+SELECT seq, created_at, data::text AS data, hash, pg_notify('{NOTIFY_CHANNEL}', $1 || ':' || seq) FROM event
 """
 
-_EVENT_COLUMNS = "project_id, seq, message_id, type, data::text AS data, created_at"
+_EVENT_COLUMNS = "project_id, seq, message_id, type, data::text AS data, created_at, hash"
 
 
 async def append(
@@ -203,7 +216,9 @@ async def append(
     message_id = message_id or str(uuid.uuid4())
     payload = orjson.dumps(data).decode()
     about = subject(type, data)
-    args = (project_id, message_id, type, payload, None if about is None else orjson.dumps(about).decode())
+    before, after = audit.pieces(project_id=project_id, message_id=message_id, type=type, data=data)
+    about_json = None if about is None else orjson.dumps(about).decode()
+    args = (project_id, message_id, type, payload, about_json, before, after)
     try:
         if conn.is_in_transaction():
             async with conn.transaction():  # a savepoint
@@ -221,7 +236,7 @@ async def append(
     if row is None:
         raise ProjectNotFound(project_id)
     # The stored form (jsonb orders keys its own way), so every later read encodes to the same bytes.
-    event = StoredEvent(project_id, row["seq"], message_id, type, row["data"], row["created_at"])
+    event = StoredEvent(project_id, row["seq"], message_id, type, row["data"], row["created_at"], row["hash"])
     return event, True
 
 
@@ -248,8 +263,11 @@ class Append:
 
 
 # Lock the batch's projects in id order (so that two batches sharing projects wait for each other rather
-# than deadlock), reading their heads: appends to these projects are now serialized behind this one.
-_LOCK = "SELECT id, head FROM projects WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+# than deadlock), reading their heads and last hashes, and the time the events will carry: appends to
+# these projects are now serialized behind this one.
+_LOCK = f"""
+SELECT id, head, last_hash, {_TIMESTAMP} AS now FROM projects WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+"""
 
 # With the locks held, every earlier append to these projects has committed, so this sees them all.
 _EXISTING = f"""
@@ -257,19 +275,20 @@ SELECT {_EVENT_COLUMNS} FROM events
 WHERE (project_id, message_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 """
 
-# The rest of the batch in one statement: the events (seqs assigned by the caller, contiguous after the
-# locked heads), the new heads, the latest event of each subject (the last one of the batch wins, as it
-# would have appended one by one), and one NOTIFY per project with its new head.
+# The rest of the batch in one statement: the events (seqs and hashes computed by the caller, contiguous
+# after the locked heads), the new heads and last hashes, the latest event of each subject (the last one
+# of the batch wins, as it would have appended one by one), and one NOTIFY per project with its new head.
 _APPEND_MANY = f"""
 WITH new AS (
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])
-        AS n(project_id, seq, message_id, type, data, subject)
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[])
+        AS n(project_id, seq, message_id, type, data, subject, hash)
 ), event AS (
-    INSERT INTO events (project_id, seq, message_id, type, data)
-    SELECT project_id, seq, message_id, type, data::jsonb FROM new
-    RETURNING project_id, seq, created_at, data::text AS data
+    INSERT INTO events (project_id, seq, message_id, type, data, hash)
+    SELECT project_id, seq, message_id, type, data::jsonb, hash FROM new
+    RETURNING project_id, seq, created_at, data::text AS data, hash
 ), head AS (
-    UPDATE projects SET head = h.head FROM unnest($7::text[], $8::bigint[]) AS h(id, head) WHERE projects.id = h.id
+    UPDATE projects SET head = h.head, last_hash = h.last_hash
+    FROM unnest($8::text[], $9::bigint[], $10::bytea[]) AS h(id, head, last_hash) WHERE projects.id = h.id
 ), latest AS (
     INSERT INTO project_state (project_id, type, subject, seq)
     SELECT DISTINCT ON (project_id, type, hash) project_id, type, hash, seq
@@ -280,9 +299,9 @@ WITH new AS (
     WHERE project_state.seq < excluded.seq
 ), notify AS (
     SELECT count(pg_notify('{NOTIFY_CHANNEL}', h.id || ':' || h.head)) AS n
-    FROM unnest($7::text[], $8::bigint[]) AS h(id, head)
+    FROM unnest($8::text[], $9::bigint[]) AS h(id, head)
 )
-SELECT event.project_id, event.seq, event.created_at, event.data, notify.n FROM event, notify
+SELECT event.project_id, event.seq, event.created_at, event.data, event.hash, notify.n FROM event, notify
 """
 
 
@@ -300,12 +319,15 @@ async def append_many(
     """
     results: list[tuple[StoredEvent, bool] | ProjectNotFound | None] = [None] * len(appends)
     async with conn.transaction():
-        heads = {r["id"]: r["head"] for r in await conn.fetch(_LOCK, sorted({a.project_id for a in appends}))}
+        locked = await conn.fetch(_LOCK, sorted({a.project_id for a in appends}))
+        heads: dict[str, int] = {r["id"]: r["head"] for r in locked}
+        chain: dict[str, bytes] = {r["id"]: r["last_hash"] for r in locked}
+        now = locked[0]["now"].encode() if locked else b""
         known = [a for a in appends if a.project_id in heads]
         rows = await conn.fetch(_EXISTING, [a.project_id for a in known], [a.message_id for a in known])
         existing = {(r["project_id"], r["message_id"]): StoredEvent(**dict(r)) for r in rows}
         fresh: dict[tuple[str, str], int] = {}  # (project, messageId) -> index of its new event
-        columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
         for i, a in enumerate(appends):
             key = (a.project_id, a.message_id)
             if a.project_id not in heads:
@@ -314,25 +336,29 @@ async def append_many(
                 results[i] = (existing[key], False)
             elif key not in fresh:
                 fresh[key] = i
-                heads[a.project_id] += 1
+                seq = heads[a.project_id] = heads[a.project_id] + 1
                 about = subject(a.type, a.data)
+                before, after = audit.pieces(project_id=a.project_id, message_id=a.message_id, type=a.type, data=a.data)
+                digest = chain[a.project_id] = audit.link(
+                    chain[a.project_id], b"%b%d%b%b%b" % (before, seq, audit.MIDDLE, now, after)
+                )
                 for column, value in zip(
                     columns,
-                    (a.project_id, heads[a.project_id], a.message_id, a.type, orjson.dumps(a.data).decode(),
-                     None if about is None else orjson.dumps(about).decode()),
+                    (a.project_id, seq, a.message_id, a.type, orjson.dumps(a.data).decode(),
+                     None if about is None else orjson.dumps(about).decode(), digest),
                     strict=True,
                 ):  # fmt: skip
                     column.append(value)
         if fresh:
             moved = sorted({appends[i].project_id for i in fresh.values()})
-            rows = await conn.fetch(_APPEND_MANY, *columns, moved, [heads[p] for p in moved])
+            rows = await conn.fetch(_APPEND_MANY, *columns, moved, [heads[p] for p in moved], [chain[p] for p in moved])
             stored = {(r["project_id"], r["seq"]): r for r in rows}
             new_events: dict[tuple[str, str], StoredEvent] = {}
             for project_id, seq, message_id, type_ in zip(*columns[:4], strict=True):
                 row = stored[(project_id, seq)]
                 # The stored form of data, as `append` returns it, so every read encodes the same bytes.
                 new_events[(project_id, message_id)] = StoredEvent(
-                    project_id, seq, message_id, type_, row["data"], row["created_at"]
+                    project_id, seq, message_id, type_, row["data"], row["created_at"], row["hash"]
                 )
             for i, a in enumerate(appends):
                 if results[i] is None:
@@ -520,7 +546,8 @@ async def read_run(conn: asyncpg.Connection, project_id: str, after: int, *, max
     events held for a slow client would otherwise be the whole page)."""
     rows = await conn.fetch(_READ_RUN, project_id, after, max_events, max_bytes)
     events = [
-        StoredEvent(r["project_id"], r["seq"], r["message_id"], r["type"], r["data"], r["created_at"]) for r in rows
+        StoredEvent(r["project_id"], r["seq"], r["message_id"], r["type"], r["data"], r["created_at"], r["hash"])
+        for r in rows
     ]
     return Run(events, full=len(rows) == max_events or (bool(rows) and rows[-1]["upto"] >= max_bytes))
 

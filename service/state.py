@@ -117,7 +117,7 @@ SELECT projects.head, latest.list, event.*
 FROM projects
 LEFT JOIN latest ON true
 LEFT JOIN LATERAL (
-    SELECT seq, message_id, type, data::text AS data, created_at FROM events
+    SELECT seq, message_id, type, data::text AS data, created_at, hash FROM events
     WHERE project_id = $1 AND seq = latest.seq LIMIT 1
 ) AS event ON true
 WHERE projects.id = $1
@@ -134,7 +134,9 @@ async def read(conn: asyncpg.Connection, project_id: str, *, limit: int = DEFAUL
     for row in rows:
         if row["list"] is None:  # a project with no events of these types
             continue
-        event = StoredEvent(project_id, row["seq"], row["message_id"], row["type"], row["data"], row["created_at"])
+        event = StoredEvent(
+            project_id, row["seq"], row["message_id"], row["type"], row["data"], row["created_at"], row["hash"]
+        )
         lists[row["list"]].append(event)
     return Snapshot(
         project_id,

@@ -41,6 +41,9 @@ projects = Table(
     # The secret GitHub signs this project's deliveries with (its own hook URL, /webhooks/github/ID);
     # unset: deliveries come through the service-wide secret, if there is one.
     Column("webhook_secret", Text, nullable=True),
+    # The hash of the project's last event (audit.py): the append that takes the next seq under this
+    # row's lock chains from it without reading the log. 32 zero bytes for an empty log.
+    Column("last_hash", LargeBinary, nullable=False, server_default=text("'\\x" + "00" * 32 + "'::bytea")),
 )
 # GitHub compares repository names case-insensitively, and so do uniqueness and webhook routing.
 Index("projects_repo_key", func.lower(projects.c.repo), unique=True)
@@ -54,6 +57,8 @@ events = Table(
     Column("type", Text, nullable=False),
     Column("data", JSONB, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # SHA-256 over the previous event's hash and this event's canonical form (audit.py).
+    Column("hash", LargeBinary, nullable=False),
     PrimaryKeyConstraint("project_id", "seq", name="events_pkey"),
     UniqueConstraint("project_id", "message_id", name="events_message_id_key"),
 )

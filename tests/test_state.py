@@ -275,6 +275,7 @@ def stored(event: dict[str, Any]) -> StoredEvent:
         event["type"],
         orjson.dumps(event["data"]).decode(),
         datetime.fromisoformat(event["timestamp"]),
+        bytes.fromhex(event["hash"]),
     )
 
 
