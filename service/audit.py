@@ -259,7 +259,8 @@ def open_checkpoint(checkpoint: Mapping[str, Any], secrets: Sequence[str]) -> tu
     except BadCheckpoint:
         raise
     except Exception as exc:  # a missing field, bad base64 or hex, or a signature that does not verify
-        raise BadCheckpoint(f"not a valid checkpoint ({type(exc).__name__}: {exc or 'the signature does not match'})") from None
+        why = str(exc) or "the signature does not match"
+        raise BadCheckpoint(f"not a valid checkpoint ({type(exc).__name__}: {why})") from None
     if not isinstance(project_id, str) or not isinstance(seq, int) or len(digest) != 32:
         raise BadCheckpoint("not a valid checkpoint (field types)")
     return project_id, seq, digest
