@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import os
 import statistics
 import subprocess
@@ -29,14 +28,20 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
-import orjson
 import psutil
-from harness import ROOT, SECRET, Database, common_arguments, create_project, database, herald, token, write_results
-
-from service import audit, db
-from service.messages import format_timestamp
+from harness import (
+    ROOT,
+    SECRET,
+    Database,
+    common_arguments,
+    create_project,
+    database,
+    herald,
+    seed_log,
+    token,
+    write_results,
+)
 
 PROJECT = "audit"
 
@@ -93,43 +98,6 @@ async def chain_cost(database_: Database, args: argparse.Namespace, logs: Path) 
     return {"without": args.without, "rounds": args.rounds, "durationS": args.duration, "cases": summary}
 
 
-async def load_log(url: str, events: int) -> None:
-    """`events` events with a valid chain in project PROJECT, written with COPY in pages."""
-    conn = await asyncpg.connect(db.asyncpg_dsn(url))
-    try:
-        await conn.execute("INSERT INTO projects (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", PROJECT)
-        start = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
-        previous, page = audit.GENESIS, 50_000
-        for first in range(1, events + 1, page):
-            records = []
-            for seq in range(first, min(events, first + page - 1) + 1):
-                created = start + datetime.timedelta(milliseconds=seq)
-                data = {"runId": f"run-{seq % 997}", "status": "running", "progress": seq % 1000 / 10, "step": "build"}
-                previous = audit.link(
-                    previous,
-                    audit.canonical(
-                        project_id=PROJECT,
-                        seq=seq,
-                        message_id=f"m-{seq}",
-                        type="agent_run_progress",
-                        timestamp=format_timestamp(created),
-                        data=data,
-                    ),
-                )
-                records.append(
-                    (PROJECT, seq, f"m-{seq}", "agent_run_progress", orjson.dumps(data).decode(), created, previous)
-                )
-            await conn.copy_records_to_table(
-                "events",
-                records=records,
-                columns=["project_id", "seq", "message_id", "type", "data", "created_at", "hash"],
-            )
-        await conn.execute("UPDATE projects SET head = $2, last_hash = $3 WHERE id = $1", PROJECT, events, previous)
-        await conn.execute("VACUUM ANALYZE events")
-    finally:
-        await conn.close()
-
-
 def rss_mib(pid: int) -> float:
     return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
 
@@ -138,7 +106,7 @@ async def reads(database_: Database, args: argparse.Namespace, logs: Path) -> di
     out: dict[str, Any] = {"events": args.events}
     async with database_.fresh() as url:
         started = time.monotonic()
-        await load_log(url, args.events)
+        await seed_log(url, PROJECT, args.events)
         out["loadS"] = round(time.monotonic() - started, 1)
         server = herald(url, logs)
         await asyncio.to_thread(server.start)
