@@ -283,7 +283,7 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("action", nargs="?", choices=["revoke"], help="revoke instead of issuing")
     token.add_argument("--user", help="who the token is for (1 to 128 printable characters)")
     token.add_argument("--projects", help="comma-separated project ids, or '*' for all")
-    token.add_argument("--scopes", help="comma-separated: subscribe,publish,admin,metrics")
+    token.add_argument("--scopes", help="comma-separated: subscribe,publish,audit,admin,metrics")
     token.add_argument(
         "--ttl", type=int, default=auth.DEFAULT_TTL_S, help="seconds (default 86400; at most HERALD_TOKEN_MAX_TTL_S)"
     )
