@@ -168,6 +168,16 @@ def subject(type: str, data: Mapping[str, Any]) -> list[Any] | None:
     return None
 
 
+# `subject` in SQL, hashed as the append statement hashes it (sha-256 of the canonical jsonb text), for the
+# folds that run in the database (state.py's stretches). It must agree with `subject`: the tests of the
+# state at a seq compare a fold by each.
+SUBJECT_HASH_SQL = """sha256(convert_to(CASE type
+    WHEN 'agent_run_progress' THEN jsonb_build_array(data -> 'runId')
+    WHEN 'pr_notification' THEN jsonb_build_array(lower(data ->> 'repo'), data -> 'number')
+    WHEN 'validation_update' THEN jsonb_build_array(data -> 'name', data -> 'headSha')
+END::text, 'UTF8'))"""
+
+
 # The wire timestamp (format_timestamp) as PostgreSQL spells it: both truncate to the millisecond.
 _TIMESTAMP = """to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
 
@@ -552,6 +562,130 @@ async def read_run(conn: asyncpg.Connection, project_id: str, after: int, *, max
     return Run(events, full=len(rows) == max_events or (bool(rows) and rows[-1]["upto"] >= max_bytes))
 
 
+# What `subject` matches, by type: the arms of a union, each served by a partial index of its own
+# (tables.py) whose leading columns are the project and the value, then seq, so that each arm is an
+# ordered index scan and the union is merged in seq order and stops at the page's LIMIT, however many
+# events the subject has. The arms are disjoint (by type, and the number arm leaves out what the
+# headSha arm found), so no event comes twice.
+_SUBJECT_ARMS: tuple[tuple[frozenset[str], str, bool], ...] = (
+    # (the types it can match, its condition on $k, whether only a decimal number can match it)
+    (frozenset({"agent_run_progress"}), "type = 'agent_run_progress' AND data ->> 'runId' = $k", False),
+    (
+        frozenset({"pr_notification", "validation_update"}),
+        "type IN ('pr_notification', 'validation_update') AND data ->> 'headSha' = $k",
+        False,
+    ),
+    (
+        frozenset({"pr_notification", "validation_update"}),
+        "type IN ('pr_notification', 'validation_update') AND coalesce(data ->> 'number', data ->> 'prNumber') = $k "
+        "AND (data ->> 'headSha') IS DISTINCT FROM $k",
+        True,
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Which events a history read or an export wants, besides their seq range (docs/protocol.md §7.3).
+
+    `since` (inclusive) and `until` (exclusive) bound `created_at`; to filter on the wire's
+    `timestamp`, which is `created_at` cut to the millisecond, pass them rounded up to the next
+    millisecond (`timestamp >= t` exactly when `created_at >= ceil_ms(t)`). `subject` is a run id, a
+    pull-request number or a head sha: `data.runId` of agent runs, `data.number` of pull requests and
+    `data.prNumber` of validations, `data.headSha` of both."""
+
+    type: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    subject: str | None = None
+
+
+SeqRange = tuple[int, int | None]  # lo < seq <= hi; hi None: to the end of the log
+WHOLE_LOG: tuple[SeqRange, ...] = ((0, None),)
+
+# Where a time window's events can be: the stretches of the log (state.py summarizes every 10,000 events
+# with the span of their created_at) whose events all precede `since`, or all follow `until`, are left out;
+# the tail after the last stretch is always searched. Stretches are written in order from seq 1, so every
+# stretch before the first one that reaches `since` lies wholly before it, and every stretch after the
+# last one that starts before `until` wholly after it.
+_SPANS = """
+SELECT coalesce(max(last_seq), 0) AS summarized,
+       min(first_seq) FILTER (WHERE last_at >= $2) - 1 AS lo,
+       max(last_seq) FILTER (WHERE first_at < $3) AS hi
+FROM log_stretches WHERE project_id = $1
+"""
+
+
+async def seq_ranges(conn: asyncpg.Connection, project_id: str, where: Filter) -> tuple[SeqRange, ...]:
+    """The seq ranges that can hold the events of `where`'s time window: at most two, and the whole log
+    without one. A time filter alone reads the log in seq order from where the window starts (the
+    planner cannot know that created_at follows seq); these bounds let it start there, and stop."""
+    if where.since is None and where.until is None:
+        return WHOLE_LOG
+    row = await conn.fetchrow(_SPANS, project_id, where.since, where.until)
+    summarized: int = row["summarized"]
+    lo: int = 0 if where.since is None else (summarized if row["lo"] is None else row["lo"])
+    if where.until is None:
+        return ((lo, None),)
+    hi: int = row["hi"] or 0
+    if hi >= summarized:  # the window reaches the tail
+        return ((lo, None),)
+    ranges: list[SeqRange] = [(lo, hi)] if lo < hi else []
+    return (*ranges, (max(lo, summarized), None))
+
+
+def _matching(
+    project_id: str, after: int, before: int | None, where: Filter, ranges: Sequence[SeqRange] = WHOLE_LOG
+) -> tuple[str, list[Any]]:
+    """A query for the events of `project_id` with after < seq < before that `where` wants, within
+    `ranges` (from `seq_ranges`); in no order: the caller adds ORDER BY seq and LIMIT. And its arguments.
+
+    Each (subject arm, range) is one branch of a UNION ALL, so that each is an ordered index scan
+    bounded on seq, and the planner merges them in seq order."""
+    args: list[Any] = [project_id, after]
+    clauses = ["project_id = $1", "seq > $2"]
+    for value, clause in (
+        (before, "seq < $"),
+        (where.type, "type = $"),
+        (where.since, "created_at >= $"),
+        (where.until, "created_at < $"),
+    ):
+        if value is not None:
+            args.append(value)
+            clauses.append(f"{clause}{len(args)}")
+    common = " AND ".join(clauses)
+
+    bounds: list[str] = []
+    for lo, hi in ranges:
+        bound = ""
+        if lo > 0:
+            args.append(lo)
+            bound += f" AND seq > ${len(args)}"
+        if hi is not None:
+            args.append(hi)
+            bound += f" AND seq <= ${len(args)}"
+        bounds.append(bound)
+    conditions = [""]
+    if where.subject is not None:
+        args.append(where.subject)
+        key = f"${len(args)}"
+        conditions = [
+            " AND " + condition.replace("$k", key)
+            for types, condition, numeric in _SUBJECT_ARMS
+            if (where.type is None or where.type in types) and (not numeric or where.subject.isdecimal())
+        ]
+    branches = [
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE {common}{bound}{condition}"
+        for condition in conditions
+        for bound in bounds
+    ]
+    if not branches:  # nothing of this type can have this subject, or no range can hold the window
+        return f"SELECT {_EVENT_COLUMNS} FROM events WHERE project_id = $1 AND seq > $2 AND false", args[:2]
+    if len(branches) == 1:
+        return branches[0], args
+    return "SELECT * FROM (" + " UNION ALL ".join(branches) + ") AS matching", args
+
+
 async def read_page(
     conn: asyncpg.Connection,
     project_id: str,
@@ -559,29 +693,34 @@ async def read_page(
     after: int = 0,
     before: int | None = None,
     limit: int = 100,
-    type: str | None = None,
+    where: Filter = Filter(),
     order: Literal["asc", "desc"] = "asc",
+    ranges: Sequence[SeqRange] | None = None,
 ) -> tuple[list[StoredEvent], int | None]:
-    """One page of history with after < seq < before, and the `next` cursor of docs/protocol.md §3.
+    """One page of history with after < seq < before, of the events `where` wants, and the `next`
+    cursor of docs/protocol.md §3.
 
     `next` is the seq of the last event returned when more events match beyond it: the `after` (asc)
-    or `before` (desc) of the next page. One extra row is read to know.
+    or `before` (desc) of the next page. One extra row is read to know. The filters are part of the
+    query, so paging with `next` and the same filters reads every matching event once. `ranges`: the
+    `seq_ranges` of `where`, when the caller already has them (an export reading page after page).
     """
-    clauses = ["project_id = $1", "seq > $2"]
-    args: list[Any] = [project_id, after]
-    if before is not None:
-        args.append(before)
-        clauses.append(f"seq < ${len(args)}")
-    if type is not None:
-        args.append(type)
-        clauses.append(f"type = ${len(args)}")
+    if ranges is None:
+        ranges = await seq_ranges(conn, project_id, where)
+    query, args = _matching(project_id, after, before, where, ranges)
     args.append(limit + 1)
     direction = "DESC" if order == "desc" else "ASC"
-    rows = await conn.fetch(
-        f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} "
-        f"ORDER BY seq {direction} LIMIT ${len(args)}",
-        *args,
-    )
+    rows = await conn.fetch(f"{query} ORDER BY seq {direction} LIMIT ${len(args)}", *args)
     events = [StoredEvent(**dict(r)) for r in rows[:limit]]
     next_cursor = events[-1].seq if len(rows) > limit else None
     return events, next_cursor
+
+
+async def read_seqs(conn: asyncpg.Connection, project_id: str, seqs: Sequence[int]) -> list[StoredEvent]:
+    """The events of `project_id` at these seqs (those the log holds), in seq order: one lookup by key each."""
+    rows = await conn.fetch(
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE project_id = $1 AND seq = ANY($2::bigint[]) ORDER BY seq",
+        project_id,
+        list(seqs),
+    )
+    return [StoredEvent(**dict(r)) for r in rows]
