@@ -1,0 +1,238 @@
+"""The auditor's reads on a long log: history filters, the state at a seq, and what their indexes cost
+an append.
+
+    .venv/bin/python bench/audit_queries.py --database-url URL [--events 1000000] [--appends 2000]
+
+Steps, each timed (the database is a fresh one on URL's server, dropped afterwards):
+
+1. Two projects whose logs interleave, written in one statement: `big` (EVENTS) and `other` (a quarter
+   of that), one event a second, 60% agent runs over 20,000 runIds, 15% pull-request events over 5,000
+   PRs, 25% validations over 10 checks x 3,000 head SHAs. (The hash chain is not measured here: the
+   events carry a placeholder hash; bench/audit.py measures the chain.)
+2. The state at a seq folded directly from the log (DISTINCT ON over the events up to it, and the
+   cheaper GROUP BY form), which is what the stretches avoid.
+3. Summarizing the log into stretches (what the service does once after the upgrade, then every 10,000
+   events), and `state.read_at` at several seqs and limits.
+4. History pages (101 rows, as `limit=100` reads) with time windows at the start, middle and end of the
+   log, with and without the stretches, and with subjects; the plan each one got.
+5. Appends with and without the indexes of migration 0007, alternating rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from service import db, eventlog, state
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+_SEED = """
+INSERT INTO projects (id, name) VALUES ('big', 'big'), ('other', 'other');
+INSERT INTO events (project_id, seq, message_id, type, data, created_at, hash)
+SELECT project_id, row_number() OVER (PARTITION BY project_id ORDER BY g), 'bulk-' || g, type, data, created_at,
+    sha256(g::text::bytea)
+FROM (
+    SELECT g, CASE WHEN g % 5 = 0 THEN 'other' ELSE 'big' END AS project_id, kind.type,
+        CASE kind.type
+        WHEN 'agent_run_progress' THEN jsonb_build_object(
+            'runId', 'run-' || mod(hashint4(g)::bigint + 2147483648, 20000),
+            'status', (ARRAY['queued', 'running', 'succeeded'])[g % 3 + 1],
+            'progress', g % 101, 'step', 'step ' || g % 7)
+        WHEN 'pr_notification' THEN jsonb_build_object(
+            'action', 'synchronize', 'number', mod(hashint4(-g)::bigint + 2147483648, 5000) + 1,
+            'title', 'A pull request ' || g, 'url', 'https://github.com/octo/demo/pull/' || g % 5000,
+            'repo', 'octo/demo', 'headSha', md5((g / 7)::text))
+        ELSE jsonb_build_object(
+            'name', 'check ' || mod(hashint4(g + 1)::bigint + 2147483648, 10), 'status', 'completed',
+            'conclusion', 'success', 'headSha', md5(mod(hashint4(g + 2)::bigint + 2147483648, 3000)::text),
+            'prNumber', mod(hashint4(g + 3)::bigint + 2147483648, 5000) + 1, 'url', 'https://ci.example/' || g)
+        END AS data,
+        '2026-01-01T00:00:00Z'::timestamptz + make_interval(secs => g) AS created_at
+    FROM generate_series(1, {total}) AS g
+    CROSS JOIN LATERAL (
+        SELECT CASE WHEN g % 20 < 12 THEN 'agent_run_progress' WHEN g % 20 < 15 THEN 'pr_notification'
+                    ELSE 'validation_update' END AS type
+    ) AS kind
+) AS src ORDER BY g;
+UPDATE projects SET head = (SELECT coalesce(max(seq), 0) FROM events WHERE project_id = projects.id);
+"""
+
+_FOLD_DISTINCT = f"""
+WITH latest AS (
+    SELECT DISTINCT ON (type, subject) type, subject, seq
+    FROM (SELECT type, seq, {eventlog.SUBJECT_HASH_SQL} AS subject FROM events
+          WHERE project_id = 'big' AND seq <= $1 AND type = ANY($2::text[])) AS keyed
+    ORDER BY type, subject, seq DESC
+), ranked AS (SELECT type, seq, row_number() OVER (PARTITION BY type ORDER BY seq DESC) AS rank FROM latest)
+SELECT type, seq FROM ranked WHERE rank <= 50
+"""
+
+_FOLD_GROUP = f"""
+WITH latest AS (
+    SELECT type, max(seq) AS seq FROM events WHERE project_id = 'big' AND seq <= $1 AND type = ANY($2::text[])
+    GROUP BY type, {eventlog.SUBJECT_HASH_SQL}
+), ranked AS (SELECT type, seq, row_number() OVER (PARTITION BY type ORDER BY seq DESC) AS rank FROM latest)
+SELECT type, seq FROM ranked WHERE rank <= 50
+"""
+
+NEW_INDEXES = ("events_created_at", "events_run_id", "events_head_sha", "events_pr_number")
+
+
+async def timed(call: Any, repeat: int = 5) -> float:
+    """The median of `repeat` runs, in milliseconds."""
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+async def history_cases(conn: asyncpg.Connection, total: int, label: str) -> None:
+    sha = await conn.fetchval(
+        "SELECT data ->> 'headSha' FROM events WHERE project_id = 'big' AND type = 'validation_update' LIMIT 1"
+    )
+    hour = 3600
+    cases = {
+        "no filter": eventlog.Filter(),
+        "1 h at the start": eventlog.Filter(since=at(0), until=at(hour)),
+        "1 h in the middle": eventlog.Filter(since=at(total / 2), until=at(total / 2 + hour)),
+        "1 h at the end": eventlog.Filter(since=at(total - 2 * hour), until=at(total - hour)),
+        "1 day in the middle": eventlog.Filter(since=at(total / 2), until=at(total / 2 + 24 * hour)),
+        "since the middle": eventlog.Filter(since=at(total / 2)),
+        "subject: a runId": eventlog.Filter(subject="run-77"),
+        "subject: a head sha": eventlog.Filter(subject=sha),
+        "subject: a PR number": eventlog.Filter(subject="123"),
+        "subject + 1 day": eventlog.Filter(subject="123", since=at(total / 2), until=at(total / 2 + 24 * hour)),
+    }
+    print(f"\nhistory pages of 101 rows ({label}):")
+    for name, where in cases.items():
+        ranges = await eventlog.seq_ranges(conn, "big", where)
+        sql, args = eventlog._page_query(
+            "big", after=0, before=None, where=where, ranges=ranges, order="asc", limit=101
+        )
+        plan = await conn.fetch("EXPLAIN " + sql, *args)
+        scans = sorted({line[0].split(" on ")[0].split("->")[-1].strip() for line in plan if " on events" in line[0]})
+        ms = await timed(lambda where=where: eventlog.read_page(conn, "big", limit=100, where=where))
+        rows = len((await eventlog.read_page(conn, "big", limit=100, where=where))[0])
+        print(f"  {name:22} {ms:8.2f} ms  {rows:3} rows  {', '.join(scans)}")
+
+
+async def appends(conn: asyncpg.Connection, count: int, rounds: int) -> None:
+    rnd = random.Random(7)
+
+    async def round_of_appends() -> float:
+        samples = []
+        for _ in range(count):
+            roll = rnd.random()
+            if roll < 0.6:
+                kind, data = "agent_run_progress", {"runId": f"run-{rnd.randrange(20000)}", "status": "running",
+                                                    "progress": rnd.randrange(101)}  # fmt: skip
+            elif roll < 0.75:
+                n = rnd.randrange(1, 5001)
+                kind, data = "pr_notification", {"action": "opened", "number": n, "title": "t", "url": "u",
+                                                 "repo": "octo/demo", "headSha": f"{n:040x}"}  # fmt: skip
+            else:
+                kind, data = "validation_update", {"name": "ci", "status": "queued", "headSha": "abc", "prNumber": 9}
+            started = time.perf_counter()
+            await eventlog.append(conn, project_id="other", type=kind, data=data)
+            samples.append(time.perf_counter() - started)
+        return statistics.median(samples) * 1e6
+
+    definitions = {
+        r["indexname"]: r["indexdef"]
+        for r in await conn.fetch("SELECT indexname, indexdef FROM pg_indexes WHERE indexname = ANY($1)", NEW_INDEXES)
+    }
+    results: dict[str, list[float]] = {"with": [], "without": []}
+    for _ in range(rounds):
+        results["with"].append(await round_of_appends())
+        for name in NEW_INDEXES:
+            await conn.execute(f"DROP INDEX {name}")
+        results["without"].append(await round_of_appends())
+        for definition in definitions.values():
+            await conn.execute(definition)
+    with_, without = statistics.median(results["with"]), statistics.median(results["without"])
+    print(f"\nappends (median of {rounds} rounds of {count}): {with_:.0f} us with the 0007 indexes, "
+          f"{without:.0f} us without ({(with_ / without - 1) * 100:+.1f}%)")  # fmt: skip
+
+
+async def bench(url: str, events: int, appends_per_round: int, rounds: int) -> None:
+    conn = await asyncpg.connect(db.asyncpg_dsn(url))
+    try:
+        total = events * 5 // 4
+        started = time.perf_counter()
+        await conn.execute(_SEED.format(total=total))
+        await conn.execute("VACUUM ANALYZE events")
+        print(f"{total:,} events written ({events:,} in project big): {time.perf_counter() - started:.1f} s")
+        sizes = await conn.fetch(
+            "SELECT indexrelid::regclass::text AS name, pg_size_pretty(pg_relation_size(indexrelid)) AS size "
+            "FROM pg_index WHERE indrelid = 'events'::regclass ORDER BY 1"
+        )
+        print("index sizes: " + ", ".join(f"{r['name']} {r['size']}" for r in sizes))
+
+        types = list(state.LATEST)
+        print("\nthe state at a seq, folded directly from the log (limit 50):")
+        for n in (events // 2, events):
+            distinct = await timed(lambda n=n: conn.fetch(_FOLD_DISTINCT, n, types), repeat=3)
+            grouped = await timed(lambda n=n: conn.fetch(_FOLD_GROUP, n, types), repeat=3)
+            print(f"  at {n:>9,}: DISTINCT ON {distinct:7.0f} ms, GROUP BY {grouped:7.0f} ms")
+
+        await history_cases(conn, total, "before the stretches")
+
+        started = time.perf_counter()
+        await state.summarize(conn, "big", upto=events)
+        seconds = time.perf_counter() - started
+        stretches = events // state.STRETCH
+        rows = await conn.fetchval("SELECT count(*) FROM stretch_latest WHERE project_id = 'big'")
+        size = await conn.fetchval("SELECT pg_size_pretty(pg_total_relation_size('stretch_latest'))")
+        print(f"\nsummarizing {stretches} stretches: {seconds:.1f} s ({seconds / stretches * 1000:.0f} ms each); "
+              f"{rows:,} subject rows ({rows / events:.2f} per event), {size} with its key")  # fmt: skip
+
+        print("\nstate.read_at:")
+        for n in (1, events // 2 + 4321, events - 1, events):
+            for limit in (50, 1000):
+                ms = await timed(lambda n=n, limit=limit: state.read_at(conn, "big", n, limit=limit))
+                print(f"  at {n:>9,}, limit {limit:4}: {ms:7.1f} ms")
+
+        await history_cases(conn, total, "with the stretches")
+        await appends(conn, appends_per_round, rounds)
+    finally:
+        await conn.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--database-url", default=os.environ.get("DATABASE_URL"), required="DATABASE_URL" not in os.environ
+    )
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--appends", type=int, default=2000, help="appends per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    name = f"herald_bench_audit_{os.getpid()}"
+    admin = await asyncpg.connect(db.asyncpg_dsn(args.database_url))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = db.with_database(args.database_url, name)
+    try:
+        await asyncio.to_thread(db.migrate, url)
+        await bench(url, args.events, args.appends, args.rounds)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
