@@ -16,6 +16,7 @@ Steps, each timed (the database is a fresh one on URL's server, dropped afterwar
 4. History pages (101 rows, as `limit=100` reads) with time windows at the start, middle and end of the
    log, with and without the stretches, and with subjects; the plan each one got.
 5. Appends with and without the indexes of migration 0007, alternating rounds.
+6. Flushing held acks: the statement that also writes the ack ledger, against the upsert before it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 
 import asyncpg
 
-from service import db, eventlog, state
+from service import cursors, db, eventlog, state
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -82,6 +83,14 @@ WITH latest AS (
     GROUP BY type, {eventlog.SUBJECT_HASH_SQL}
 ), ranked AS (SELECT type, seq, row_number() OVER (PARTITION BY type ORDER BY seq DESC) AS rank FROM latest)
 SELECT type, seq FROM ranked WHERE rank <= 50
+"""
+
+# How held acks were persisted before the ledger: the cursor upsert, once per ack, in one round trip.
+_ADVANCE_BEFORE = """
+INSERT INTO cursors AS c (project_id, "user", client_id, seq, updated_at)
+SELECT p.id, $2, $3, $4, now() FROM projects p WHERE p.id = $1 AND p.head >= $4
+ON CONFLICT (project_id, "user", client_id)
+DO UPDATE SET seq = GREATEST(c.seq, EXCLUDED.seq), updated_at = EXCLUDED.updated_at
 """
 
 NEW_INDEXES = ("events_created_at", "events_run_id", "events_head_sha", "events_pr_number")
@@ -169,6 +178,26 @@ async def appends(conn: asyncpg.Connection, count: int, rounds: int) -> None:
           f"{without:.0f} us without ({(with_ / without - 1) * 100:+.1f}%)")  # fmt: skip
 
 
+async def ack_flushes(conn: asyncpg.Connection, rounds: int = 30) -> None:
+    print("\nflushing held acks, every one moving its cursor (median of 30):")
+    seq = 0
+    for count in (10, 100, 1000):
+        samples: dict[str, list[float]] = {"before": [], "ledger": []}
+        for _ in range(rounds):
+            for kind in samples:
+                seq += 1
+                acks = [("big", f"user-{i % 10}", f"tab-{i}", seq) for i in range(count)]
+                started = time.perf_counter()
+                if kind == "before":
+                    await conn.executemany(_ADVANCE_BEFORE, acks)
+                else:
+                    await cursors.advance_many(conn, acks)
+                samples[kind].append((time.perf_counter() - started) * 1000)
+        before, ledger = statistics.median(samples["before"]), statistics.median(samples["ledger"])
+        print(f"  {count:5} acks: {before:6.2f} ms before the ledger, {ledger:6.2f} ms with it "
+              f"({(ledger / before - 1) * 100:+.0f}%)")  # fmt: skip
+
+
 async def bench(url: str, events: int, appends_per_round: int, rounds: int) -> None:
     conn = await asyncpg.connect(db.asyncpg_dsn(url))
     try:
@@ -181,7 +210,8 @@ async def bench(url: str, events: int, appends_per_round: int, rounds: int) -> N
             "SELECT indexrelid::regclass::text AS name, pg_size_pretty(pg_relation_size(indexrelid)) AS size "
             "FROM pg_index WHERE indrelid = 'events'::regclass ORDER BY 1"
         )
-        print("index sizes: " + ", ".join(f"{r['name']} {r['size']}" for r in sizes))
+        table = await conn.fetchval("SELECT pg_size_pretty(pg_table_size('events'))")
+        print(f"events table {table}; its indexes: " + ", ".join(f"{r['name']} {r['size']}" for r in sizes))
 
         types = list(state.LATEST)
         print("\nthe state at a seq, folded directly from the log (limit 50):")
@@ -209,6 +239,7 @@ async def bench(url: str, events: int, appends_per_round: int, rounds: int) -> N
 
         await history_cases(conn, total, "with the stretches")
         await appends(conn, appends_per_round, rounds)
+        await ack_flushes(conn)
     finally:
         await conn.close()
 
