@@ -1,9 +1,10 @@
 """The auditor's reads on a long log: history filters, the state at a seq, and what their indexes cost
 an append.
 
-    .venv/bin/python bench/audit_queries.py --database-url URL [--events 1000000] [--appends 2000]
+    .venv/bin/python bench/audit_queries.py [--events 1000000] [--appends 1000] [--rounds 5] [--database-url URL]
 
-Steps, each timed (the database is a fresh one on URL's server, dropped afterwards):
+Without --database-url (or BENCH_DATABASE_URL) it runs on an embedded PostgreSQL. Steps, each timed, on a
+fresh database (results: bench/results/audit-queries.json; docs/delivery.md, "The auditor's reads"):
 
 1. Two projects whose logs interleave, written in one statement: `big` (EVENTS) and `other` (a quarter
    of that), one event a second, 60% agent runs over 20,000 runIds, 15% pull-request events over 5,000
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
 import time
@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+from harness import common_arguments, database, write_results
 
 from service import cursors, db, eventlog, state
 
@@ -110,7 +111,7 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-async def history_cases(conn: asyncpg.Connection, total: int, label: str) -> None:
+async def history_cases(conn: asyncpg.Connection, total: int, label: str) -> dict[str, Any]:
     sha = await conn.fetchval(
         "SELECT data ->> 'headSha' FROM events WHERE project_id = 'big' AND type = 'validation_update' LIMIT 1"
     )
@@ -128,6 +129,7 @@ async def history_cases(conn: asyncpg.Connection, total: int, label: str) -> Non
         "subject + 1 day": eventlog.Filter(subject="123", since=at(total / 2), until=at(total / 2 + 24 * hour)),
     }
     print(f"\nhistory pages of 101 rows ({label}):")
+    out: dict[str, Any] = {}
     for name, where in cases.items():
         ranges = await eventlog.seq_ranges(conn, "big", where)
         sql, args = eventlog._page_query(
@@ -138,9 +140,11 @@ async def history_cases(conn: asyncpg.Connection, total: int, label: str) -> Non
         ms = await timed(lambda where=where: eventlog.read_page(conn, "big", limit=100, where=where))
         rows = len((await eventlog.read_page(conn, "big", limit=100, where=where))[0])
         print(f"  {name:22} {ms:8.2f} ms  {rows:3} rows  {', '.join(scans)}")
+        out[name] = {"ms": round(ms, 2), "rows": rows, "scans": scans}
+    return out
 
 
-async def appends(conn: asyncpg.Connection, count: int, rounds: int) -> None:
+async def appends(conn: asyncpg.Connection, count: int, rounds: int) -> dict[str, Any]:
     rnd = random.Random(7)
 
     async def round_of_appends() -> float:
@@ -176,10 +180,13 @@ async def appends(conn: asyncpg.Connection, count: int, rounds: int) -> None:
     with_, without = statistics.median(results["with"]), statistics.median(results["without"])
     print(f"\nappends (median of {rounds} rounds of {count}): {with_:.0f} us with the 0007 indexes, "
           f"{without:.0f} us without ({(with_ / without - 1) * 100:+.1f}%)")  # fmt: skip
+    return {"perRound": count, "rounds": rounds, "medianUs": {"with": round(with_), "without": round(without)},
+            "costPercent": round((with_ / without - 1) * 100, 1)}  # fmt: skip
 
 
-async def ack_flushes(conn: asyncpg.Connection, rounds: int = 30) -> None:
+async def ack_flushes(conn: asyncpg.Connection, rounds: int = 30) -> dict[str, Any]:
     print("\nflushing held acks, every one moving its cursor (median of 30):")
+    out: dict[str, Any] = {}
     seq = 0
     for count in (10, 100, 1000):
         samples: dict[str, list[float]] = {"before": [], "ledger": []}
@@ -196,9 +203,12 @@ async def ack_flushes(conn: asyncpg.Connection, rounds: int = 30) -> None:
         before, ledger = statistics.median(samples["before"]), statistics.median(samples["ledger"])
         print(f"  {count:5} acks: {before:6.2f} ms before the ledger, {ledger:6.2f} ms with it "
               f"({(ledger / before - 1) * 100:+.0f}%)")  # fmt: skip
+        out[str(count)] = {"beforeMs": round(before, 2), "withLedgerMs": round(ledger, 2)}
+    return out
 
 
-async def bench(url: str, events: int, appends_per_round: int, rounds: int) -> None:
+async def bench(url: str, events: int, appends_per_round: int, rounds: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"events": events}
     conn = await asyncpg.connect(db.asyncpg_dsn(url))
     try:
         total = events * 5 // 4
@@ -206,64 +216,73 @@ async def bench(url: str, events: int, appends_per_round: int, rounds: int) -> N
         await conn.execute(_SEED.format(total=total))
         await conn.execute("VACUUM ANALYZE events")
         print(f"{total:,} events written ({events:,} in project big): {time.perf_counter() - started:.1f} s")
-        sizes = await conn.fetch(
-            "SELECT indexrelid::regclass::text AS name, pg_size_pretty(pg_relation_size(indexrelid)) AS size "
-            "FROM pg_index WHERE indrelid = 'events'::regclass ORDER BY 1"
-        )
-        table = await conn.fetchval("SELECT pg_size_pretty(pg_table_size('events'))")
-        print(f"events table {table}; its indexes: " + ", ".join(f"{r['name']} {r['size']}" for r in sizes))
+        sizes = {
+            r["name"]: r["size"]
+            for r in await conn.fetch(
+                "SELECT indexrelid::regclass::text AS name, pg_relation_size(indexrelid) AS size "
+                "FROM pg_index WHERE indrelid = 'events'::regclass ORDER BY 1"
+            )
+        }
+        table = await conn.fetchval("SELECT pg_table_size('events')")
+        out["sizesMiB"] = {name: round(size / 2**20, 1) for name, size in {"events": table, **sizes}.items()}
+        print("sizes (MiB): " + ", ".join(f"{name} {size}" for name, size in out["sizesMiB"].items()))
 
         types = list(state.LATEST)
         print("\nthe state at a seq, folded directly from the log (limit 50):")
+        out["directFoldMs"] = {}
         for n in (events // 2, events):
             distinct = await timed(lambda n=n: conn.fetch(_FOLD_DISTINCT, n, types), repeat=3)
             grouped = await timed(lambda n=n: conn.fetch(_FOLD_GROUP, n, types), repeat=3)
             print(f"  at {n:>9,}: DISTINCT ON {distinct:7.0f} ms, GROUP BY {grouped:7.0f} ms")
+            out["directFoldMs"][str(n)] = {"distinctOn": round(distinct), "groupBy": round(grouped)}
 
-        await history_cases(conn, total, "before the stretches")
+        out["historyWithoutStretches"] = await history_cases(conn, total, "before the stretches")
 
         started = time.perf_counter()
         await state.summarize(conn, "big", upto=events)
         seconds = time.perf_counter() - started
         stretches = events // state.STRETCH
         rows = await conn.fetchval("SELECT count(*) FROM stretch_latest WHERE project_id = 'big'")
-        size = await conn.fetchval("SELECT pg_size_pretty(pg_total_relation_size('stretch_latest'))")
-        print(f"\nsummarizing {stretches} stretches: {seconds:.1f} s ({seconds / stretches * 1000:.0f} ms each); "
-              f"{rows:,} subject rows ({rows / events:.2f} per event), {size} with its key")  # fmt: skip
+        size = await conn.fetchval("SELECT pg_total_relation_size('stretch_latest')")
+        each = seconds / max(stretches, 1) * 1000
+        print(f"\nsummarizing {stretches} stretches: {seconds:.1f} s ({each:.0f} ms each); {rows:,} subject rows "
+              f"({rows / events:.2f} per event), {size / 2**20:.0f} MiB with its key")  # fmt: skip
+        out["summarize"] = {"stretches": stretches, "seconds": round(seconds, 1), "rows": rows,
+                            "MiB": round(size / 2**20, 1)}  # fmt: skip
 
         print("\nstate.read_at:")
+        out["readAtMs"] = {}
         for n in (1, events // 2 + 4321, events - 1, events):
             for limit in (50, 1000):
                 ms = await timed(lambda n=n, limit=limit: state.read_at(conn, "big", n, limit=limit))
                 print(f"  at {n:>9,}, limit {limit:4}: {ms:7.1f} ms")
+                out["readAtMs"][f"{n}/{limit}"] = round(ms, 1)
 
-        await history_cases(conn, total, "with the stretches")
-        await appends(conn, appends_per_round, rounds)
-        await ack_flushes(conn)
+        out["historyWithStretches"] = await history_cases(conn, total, "with the stretches")
+        out["appends"] = await appends(conn, appends_per_round, rounds)
+        out["ackFlushes"] = await ack_flushes(conn)
     finally:
         await conn.close()
+    return out
 
 
-async def main() -> None:
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--database-url", default=os.environ.get("DATABASE_URL"), required="DATABASE_URL" not in os.environ
-    )
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--appends", type=int, default=2000, help="appends per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--events", type=int, default=1_000_000, help="events in the measured project")
+    parser.add_argument("--appends", type=int, default=1000, help="appends per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of appends with and without the indexes")
+    common_arguments(parser)
     args = parser.parse_args()
-    name = f"herald_bench_audit_{os.getpid()}"
-    admin = await asyncpg.connect(db.asyncpg_dsn(args.database_url))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = db.with_database(args.database_url, name)
-    try:
-        await asyncio.to_thread(db.migrate, url)
-        await bench(url, args.events, args.appends, args.rounds)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+
+    async def run(database_: Any) -> dict[str, Any]:
+        async with database_.fresh() as url:
+            return await bench(url, args.events, args.appends, args.rounds)
+
+    with database(args.database_url) as database_:
+        result = asyncio.run(run(database_))
+        path = write_results(args.results, "audit-queries", database_, [result])
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -15,7 +15,7 @@ million events takes seconds, so the log is summarized off the hot path, in stre
 events (`summarize`, kept current by `keep_summaries`): for each stretch, the latest event of each
 subject within it. The state at N is then the fold of the events after the last stretch boundary up to
 N, followed by a walk back through the stretches' subjects until each list is full (docs/delivery.md,
-"The state at a seq").
+"The auditor's reads").
 """
 
 from __future__ import annotations
