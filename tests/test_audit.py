@@ -161,12 +161,15 @@ async def test_verify_of_an_empty_log_and_of_a_missing_project(
     assert r.status_code == 404 and r.json()["error"] == "not_found"
 
 
-async def test_verify_needs_audit_rights(server: RunningServer, client: httpx.AsyncClient) -> None:
-    """A subscriber or publisher cannot run the auditor's verify; a token for another project cannot."""
+async def test_verify_needs_the_audit_scope(server: RunningServer, client: httpx.AsyncClient) -> None:
+    """An auditor verifies; a subscriber or publisher cannot, nor a token for another project."""
     await create(client, "p")
     for token in (server.token(scopes=("subscribe", "publish")), server.token(projects=["other"])):
         r = await client.get("/api/projects/p/audit/verify", headers=server.headers(token))
         assert r.status_code == 403 and r.json()["error"] == "forbidden"
+    auditor = server.token(user="auditor", projects=["p"], scopes=("audit",))
+    r = await client.get("/api/projects/p/audit/verify", headers=server.headers(auditor))
+    assert r.status_code == 200 and r.json() == {"ok": True, "head": 0, "hash": "0" * 64}
 
 
 # --- an attacker with database access ---------------------------------------------------------------------

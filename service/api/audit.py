@@ -26,7 +26,7 @@ router = APIRouter()
 )
 async def verify(project_id: str, principal: Auth, database: DatabaseDep) -> Response:
     """Recompute the project's hash chain (audit): intact through the head, or the first bad seq."""
-    require(principal, "admin", project_id)
+    require(principal, "audit", project_id)
     async with database.connection() as conn:
         try:
             verdict = await audit.verify(conn, project_id)
