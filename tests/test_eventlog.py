@@ -512,8 +512,6 @@ async def test_history_filters_select_exactly_the_events_they_name_and_page(conn
         (21_000, 22_000): ((20_000, None),),
     }
     for (since, until), expected_ranges in ranges.items():
-        window = eventlog.Filter(
-            since=None if since is None else at(since), until=None if until is None else at(until)
-        )
+        window = eventlog.Filter(since=None if since is None else at(since), until=None if until is None else at(until))
         assert await eventlog.seq_ranges(conn, "a", window) == expected_ranges, (since, until)
     assert await eventlog.seq_ranges(conn, "a", eventlog.Filter(subject="7")) == eventlog.WHOLE_LOG

@@ -458,9 +458,7 @@ async def test_stretches_are_written_in_order_once_and_skip_the_incomplete_one(
         assert [r["seq"] for r in latest] == sorted(e.seq for e in items)
 
 
-async def test_keep_summaries_catches_up_in_the_background(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_keep_summaries_catches_up_in_the_background(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The background task summarizes what every project's log has completed, and keeps doing it."""
     monkeypatch.setattr(state, "STRETCH", 10)
     pool = await db.create_pool(database_url, size=2, timeout=10)
