@@ -1,16 +1,19 @@
 """What the audit chain costs and how fast an auditor's tools run (docs/benchmarks.md, "Audit").
 
-    .venv/bin/python bench/audit.py chain --without REF [--rounds 3] [--cases ws:1,batch:1,http:1]
+    .venv/bin/python bench/audit.py chain --sides without=REF,chain=REF,now=. [--rounds 3] [--cases ws:1,batch:1,http:1]
     .venv/bin/python bench/audit.py read [--events 1000000]
 
-`chain`: publish throughput with the chain against a checkout without it (REF, a commit before the
-chain, extracted with `git archive`), in one run: the two alternate case by case, round after round,
-each on a fresh database and a fresh server (bench/publish.py's cases), so drift in the machine's
-load falls on both. `read`: a log of `--events` events with a valid chain loaded into one project
-(COPY, not the API: a million appends would measure the append), then, against a real server: the
-verify endpoint (events/s, and the server's RSS before and after: constant memory), `herald audit
-verify` (the CLI, its own process), and the ndjson and CSV exports read to the end (events/s, MB/s,
-RSS). Results: bench/results/audit.json.
+`chain`: publish throughput of several versions of the service in one run (each side a commit,
+extracted with `git archive`, or `.` for this working tree): say the last commit without the chain, the
+first with it, and now. The sides alternate case by case, round after round, in a rotating order, each
+on a fresh database and a fresh server (bench/publish.py's cases), so drift in the machine's load falls
+on all of them; costs are relative to the first side.
+
+`read`: a log of `--events` events with a valid chain loaded into one project (COPY, not the API: a
+million appends would measure the append), then, against a real server: the verify endpoint (events/s,
+and the server's RSS before and after: constant memory), `herald audit verify` (the CLI, its own
+process), and the ndjson and CSV exports read to the end (events/s, MB/s, RSS).
+Results: bench/results/audit-chain.json, audit-read.json.
 """
 
 from __future__ import annotations
@@ -63,39 +66,42 @@ def publish_args(args: argparse.Namespace) -> argparse.Namespace:
 async def chain_cost(database_: Database, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     import publish  # bench/publish.py: the same cases, the same checks of the log afterwards
 
-    without = checkout(args.without, Path(tempfile.mkdtemp(prefix="herald-without-chain-")))
+    sides: dict[str, Path | None] = {}
+    for part in args.sides.split(","):
+        name, ref = part.split("=", 1)
+        sides[name] = None if ref == "." else checkout(ref, Path(tempfile.mkdtemp(prefix=f"herald-{name}-")))
+    refs = dict(part.split("=", 1) for part in args.sides.split(","))
+    names = list(sides)
     cases = [(c.split(":")[0], int(c.split(":")[1])) for c in args.cases.split(",")]
-    runs: dict[str, dict[str, list[float]]] = {f"{v}:{p}": {"with": [], "without": []} for v, p in cases}
+    runs: dict[str, dict[str, list[float]]] = {f"{v}:{p}": {n: [] for n in names} for v, p in cases}
     for round_ in range(args.rounds):
         for via, projects in cases:
-            # Alternate which goes first, so neither always runs on a warmer (or more tired) machine.
-            order = ("without", "with") if round_ % 2 == 0 else ("with", "without")
-            for side in order:
-                if side == "without":
-                    os.environ["BENCH_HERALD_ROOT"] = str(without)
-                else:
-                    os.environ.pop("BENCH_HERALD_ROOT", None)
+            # A rotating order, so no side always runs first on a warmer (or more tired) machine.
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                root = sides[name]
+                if root is not None:
+                    os.environ["BENCH_HERALD_ROOT"] = str(root)
                 try:
                     result = await publish.one_case(database_, via, projects, publish_args(args), logs)
                 finally:
                     os.environ.pop("BENCH_HERALD_ROOT", None)
                 assert result["log"]["contiguous"] and result["failed"] == 0, result
-                runs[f"{via}:{projects}"][side].append(result["eventsPerS"])
-                print(f"round {round_ + 1} {via}:{projects} {side:7} {result['eventsPerS']:9,.0f} events/s", flush=True)
-    summary = {}
-    for case, sides in runs.items():
-        with_, without_ = statistics.median(sides["with"]), statistics.median(sides["without"])
+                runs[f"{via}:{projects}"][name].append(result["eventsPerS"])
+                print(f"round {round_ + 1} {via}:{projects} {name:8} {result['eventsPerS']:9,.0f} events/s", flush=True)
+    summary: dict[str, Any] = {}
+    for case, by_side in runs.items():
+        medians = {name: statistics.median(values) for name, values in by_side.items()}
+        first = medians[names[0]]
         summary[case] = {
-            "withPerS": sides["with"],
-            "withoutPerS": sides["without"],
-            "medianWith": round(with_),
-            "medianWithout": round(without_),
-            "costPercent": round(100 * (without_ - with_) / without_, 1),
+            name: {
+                "perS": [round(v) for v in by_side[name]],
+                "median": round(medians[name]),
+                "costPercent": round(100 * (first - medians[name]) / first, 1),
+            }
+            for name in names
         }
-        print(
-            f"{case}: median {with_:,.0f} with the chain, {without_:,.0f} without: cost {summary[case]['costPercent']}%"
-        )
-    return {"without": args.without, "rounds": args.rounds, "durationS": args.duration, "cases": summary}
+        print(case + ": " + ", ".join(f"{n} {medians[n]:,.0f} ({summary[case][n]['costPercent']}%)" for n in names))
+    return {"sides": refs, "rounds": args.rounds, "durationS": args.duration, "cases": summary}
 
 
 def rss_mib(pid: int) -> float:
@@ -176,8 +182,8 @@ async def reads(database_: Database, args: argparse.Namespace, logs: Path) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
-    chain = sub.add_parser("chain", help="publish throughput with the chain against without, in one run")
-    chain.add_argument("--without", required=True, help="a commit without the chain (git ref)")
+    chain = sub.add_parser("chain", help="publish throughput of several versions side by side, in one run")
+    chain.add_argument("--sides", required=True, help="NAME=REF,... (REF a git commit, or . for this tree)")
     chain.add_argument("--rounds", type=int, default=3)
     chain.add_argument("--cases", default="ws:1,batch:1,http:1", help="VIA:PROJECTS,... (bench/publish.py)")
     chain.add_argument("--duration", type=float, default=10, help="seconds measured per case")
