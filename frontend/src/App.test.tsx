@@ -3,7 +3,7 @@
 // live events, and an action that shows as queued until the service answers `published`.
 import { act, cleanup, fireEvent, render, screen, within } from '@testing-library/react';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { fakeHttp, fakeSockets, json } from '../tests/fakes';
+import { fakeHttp, fakeSockets, hashOf, json } from '../tests/fakes';
 import App from './App';
 import type { ProjectState } from './types/websocket';
 
@@ -23,6 +23,7 @@ const RUN = {
   seq: 1,
   messageId: 'm1',
   timestamp: new Date().toISOString(),
+  hash: hashOf(1),
   data: { runId: 'run-7', status: 'running', progress: 40, step: 'Compile', message: 'Build the app' },
 };
 
@@ -108,7 +109,7 @@ describe('the overview', () => {
     expect(indicator().textContent).toBe('Connected · via WebSocket');
     await vi.waitFor(() => expect(sockets.last.frames('subscribe')).toEqual([{ type: 'subscribe', projectId: 'web', after: 1 }]));
     act(() =>
-      sockets.last.receive({ ...RUN, seq: 2, messageId: 'm2', data: { ...RUN.data, status: 'succeeded', progress: 100, step: 'Done' } }),
+      sockets.last.receive({ ...RUN, seq: 2, messageId: 'm2', hash: hashOf(2), data: { ...RUN.data, status: 'succeeded', progress: 100, step: 'Done' } }),
     );
     expect(within(card).getByText('Build the app').closest('li')?.textContent).toMatch(/Succeeded.*100%.*Done/);
   });
