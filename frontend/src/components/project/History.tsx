@@ -51,7 +51,7 @@ export function History({ projectId, token }: { projectId: string; token: string
 
   useEffect(() => {
     const controller = new AbortController();
-    readPage({ projectId, before, limit: PAGE_SIZE, type }, { token, signal: controller.signal }).then(
+    readPage({ projectId, before, limit: PAGE_SIZE, type, since: null, until: null, subject: null }, { token, signal: controller.signal }).then(
       (page) => setLoaded({ key, page, error: null }),
       (error: unknown) => {
         if (!controller.signal.aborted) setLoaded({ key, page: null, error: error instanceof Error ? error.message : String(error) });
