@@ -1,5 +1,5 @@
-// One project: its live state in full, its event history, and (admin) every client's cursor and
-// lag. Looking at the page marks its notifications read.
+// One project: its live state in full, whether its log's hash chain holds, its event history, and
+// (admin) every client's cursor and lag. Looking at the page marks its notifications read.
 import { useContext, useEffect } from 'react';
 import type { ProjectInfo } from '../../api';
 import { HeraldContext } from '../../hooks/useWebSocket';
@@ -9,6 +9,7 @@ import { ErrorBoundary } from '../ErrorBoundary';
 import { Icon } from '../Icon';
 import { Link } from '../Link';
 import { ProjectCard } from '../dashboard/ProjectCard';
+import { ChainBadge } from './ChainBadge';
 import { CursorTable } from './CursorTable';
 import { History } from './History';
 
@@ -49,6 +50,9 @@ export function ProjectPage({ projectId, projects, token, admin }: ProjectPagePr
           <Icon name="arrowLeft" />
           All projects
         </Link>
+        <ErrorBoundary what="the chain check">
+          <ChainBadge projectId={projectId} token={token} />
+        </ErrorBoundary>
       </div>
       <div className="project-grid">
         <ErrorBoundary what={`the ${info.name} card`}>
