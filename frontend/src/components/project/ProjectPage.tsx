@@ -19,6 +19,8 @@ interface ProjectPageProps {
   projects: ProjectInfo[] | null;
   token: string;
   admin: boolean;
+  /** The token has the audit scope (admin implies it): the export and the ack ledger. */
+  auditor: boolean;
 }
 
 function MarkReadWhileOpen({ projectId }: { projectId: string }) {
@@ -31,7 +33,7 @@ function MarkReadWhileOpen({ projectId }: { projectId: string }) {
   return null;
 }
 
-export function ProjectPage({ projectId, projects, token, admin }: ProjectPageProps) {
+export function ProjectPage({ projectId, projects, token, admin, auditor }: ProjectPageProps) {
   const client = useContext(HeraldContext);
   const info = projects?.find((project) => project.id === projectId);
   if (projects === null) return <p className="page-note">Loading…</p>;
@@ -60,7 +62,7 @@ export function ProjectPage({ projectId, projects, token, admin }: ProjectPagePr
         </ErrorBoundary>
         <div className="project-side">
           <ErrorBoundary what="the event history">
-            <History projectId={projectId} token={token} />
+            <History projectId={projectId} token={token} auditor={auditor} />
           </ErrorBoundary>
           {admin && (
             <ErrorBoundary what="the cursors">
