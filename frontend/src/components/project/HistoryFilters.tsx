@@ -1,5 +1,6 @@
 // The history's filters: the type (applied at once), a time range and a subject (applied together
 // with Apply or Enter, so a half-typed date or sha does not query the service on every keystroke).
+// Times are to the second (step 1): an auditor may need to split events a few seconds apart.
 import { useState, type FormEvent } from 'react';
 import { NO_FILTER, type EventFilter } from '../../api';
 import type { EventType } from '../../types/websocket';
@@ -70,11 +71,11 @@ export function HistoryFilters({ filter, onChange }: { filter: EventFilter; onCh
       </label>
       <label className="filter" title="From this time on, in your time zone">
         <span>Since</span>
-        <input type="datetime-local" value={draft.since} onChange={(event) => edit({ since: event.target.value })} />
+        <input type="datetime-local" step={1} value={draft.since} onChange={(event) => edit({ since: event.target.value })} />
       </label>
       <label className="filter" title="Before this time, in your time zone">
         <span>Until</span>
-        <input type="datetime-local" value={draft.until} onChange={(event) => edit({ until: event.target.value })} />
+        <input type="datetime-local" step={1} value={draft.until} onChange={(event) => edit({ until: event.target.value })} />
       </label>
       <label className="filter">
         <span>Subject</span>
