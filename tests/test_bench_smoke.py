@@ -136,3 +136,15 @@ def test_report_renders_tables_and_the_plot(pg_url: str, tmp_path: Path) -> None
     assert "prose" in text and "more prose" in text and "old" not in text
     assert "| herald | 5 |" in text and "| broadcast | 10 |" in text
     assert (tmp_path / "benchmarks-latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_audit_queries_measures_the_auditors_reads(pg_url: str, tmp_path: Path) -> None:
+    """bench/audit_queries.py: the direct fold, the stretches, read_at, history pages, appends, ack flushes."""
+    doc = bench(
+        "audit_queries.py", "--events", "20000", "--appends", "20", "--rounds", "1", pg_url=pg_url, results=tmp_path
+    )
+    run = doc["runs"][0]
+    assert run["summarize"]["stretches"] == 2 and run["summarize"]["rows"] > 0
+    assert set(run["historyWithStretches"]) == set(run["historyWithoutStretches"])
+    assert all(case["rows"] > 0 for name, case in run["historyWithStretches"].items() if "subject" not in name)
+    assert run["appends"]["medianUs"]["with"] > 0 and set(run["ackFlushes"]) == {"10", "100", "1000"}
