@@ -11,13 +11,16 @@ DEMO   ?= 1
 CHROMIUM := /usr/bin/chromium
 FRONTEND_SOURCES := $(shell find frontend/src frontend/public frontend/index.html frontend/vite.config.ts frontend/tsconfig*.json -type f 2>/dev/null)
 
+# bench/audit.py chain: the last commit before the audit chain, the first with it, and this tree.
+AUDIT_SIDES ?= without=2ccc651,chain=8ef3d25,now=.
+
 .PHONY: run test test-python test-frontend check setup clean help bench
 
 help:
 	@echo "make run    set up everything and start Herald with its dashboard on an embedded PostgreSQL"
 	@echo "            (with a live demo stream; DEMO=0 to start empty)"
 	@echo "make test   set up everything and run every test and check"
-	@echo "make bench  every benchmark beside the peers, then docs/benchmarks.md (about 45 min;"
+	@echo "make bench  every benchmark beside the peers, then docs/benchmarks.md (about 60 min;"
 	@echo "            BENCH_MINUTES=10 sets the soak and the sustained-RSS run, BENCH_DATABASE_URL an external server)"
 
 run: setup frontend/dist/index.html
@@ -80,6 +83,9 @@ bench: setup bench/client/node_modules/.installed
 	$(PY) bench/ws_implementations.py
 	$(PY) bench/memory.py sustained --minutes $(BENCH_MINUTES)
 	$(PY) bench/soak.py --minutes $(BENCH_MINUTES)
+	$(PY) bench/audit.py chain --sides $(AUDIT_SIDES)
+	$(PY) bench/audit.py read
+	$(PY) bench/audit_queries.py
 	$(PY) bench/report.py
 
 clean:

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/catchup.py [--events 100000] [--repeat 3]
 
-A fresh database gets one project whose log is bulk-inserted (agent_run_progress events of the same
+A fresh database gets one project whose log is bulk-inserted with its chain (agent_run_progress events of the same
 size as the fan-out benchmark's); a fresh server starts on it; one WebSocket client subscribes with
 `after: 0` and reads until the head, checking every seq arrives once, in order. The server is warm
 for every repeat but the first (PostgreSQL's cache too). Results: bench/results/catchup.json.
@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from harness import (
     PROJECT,
     Database,
@@ -26,30 +25,15 @@ from harness import (
     herald,
     load,
     run_client,
+    seed_log,
     token,
     write_results,
 )
 
-from service import db
 
-_BULK = """
-INSERT INTO events (project_id, seq, message_id, type, data, created_at)
-SELECT $1, g, 'bulk-' || g, 'agent_run_progress',
-       jsonb_build_object('runId', 'bench', 'status', 'running', 'progress', 50, 'step', g::text,
-                          'message', repeat('x', 60)),
-       now() - make_interval(secs => $2 - g)
-FROM generate_series(1, $2) AS g
-"""
-
-
-async def seed(url: str, events: int) -> None:
-    conn = await asyncpg.connect(db.asyncpg_dsn(url))
-    try:
-        await conn.execute(_BULK, PROJECT, events)
-        await conn.execute("UPDATE projects SET head = $2 WHERE id = $1", PROJECT, events)
-        await conn.execute("VACUUM ANALYZE events")
-    finally:
-        await conn.close()
+def bulk(seq: int) -> dict[str, Any]:
+    """The data of each bulk event: the size of a typical progress report."""
+    return {"runId": "bench", "status": "running", "progress": 50, "step": str(seq), "message": "x" * 60}
 
 
 async def measure(args: argparse.Namespace, database_: Database, logs: str) -> list[dict[str, Any]]:
@@ -59,7 +43,7 @@ async def measure(args: argparse.Namespace, database_: Database, logs: str) -> l
         await asyncio.to_thread(server.start)
         try:
             await create_project(server.url)
-            await seed(url, args.events)
+            await seed_log(url, PROJECT, args.events, data=bulk)
             for i in range(args.repeat):
                 result = await asyncio.to_thread(
                     run_client,

@@ -31,6 +31,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,6 +127,52 @@ class Database:
                 await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             finally:
                 await conn.close()
+
+
+async def seed_log(
+    url: str,
+    project_id: str,
+    events: int,
+    *,
+    data: Callable[[int], dict[str, Any]] | None = None,
+    end: datetime.datetime | None = None,
+) -> None:
+    """A log of `events` events in `project_id` (created if missing), written with COPY in pages, with
+    the chain an append would give it (so it verifies): a long history without a million appends.
+    `data(seq)` makes each event's data; the events are 1 ms apart, the last at `end` (default now)."""
+    from service import audit
+    from service.messages import format_timestamp
+
+    make = data or (lambda seq: {"runId": f"run-{seq % 997}", "status": "running", "progress": seq % 1000 / 10})
+    last = end or datetime.datetime.now(datetime.UTC)
+    conn = await asyncpg.connect(db.asyncpg_dsn(url))
+    try:
+        await conn.execute("INSERT INTO projects (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", project_id)
+        previous, page = audit.GENESIS, 50_000
+        for first in range(1, events + 1, page):
+            records = []
+            for seq in range(first, min(events, first + page - 1) + 1):
+                created, item = last - datetime.timedelta(milliseconds=events - seq), make(seq)
+                message_id = f"seed-{seq}"
+                previous = audit.link(
+                    previous,
+                    audit.canonical(
+                        project_id=project_id, seq=seq, message_id=message_id, type="agent_run_progress",
+                        timestamp=format_timestamp(created), data=item,
+                    ),
+                )  # fmt: skip
+                records.append(
+                    (project_id, seq, message_id, "agent_run_progress", orjson.dumps(item).decode(), created, previous)
+                )
+            await conn.copy_records_to_table(
+                "events",
+                records=records,
+                columns=["project_id", "seq", "message_id", "type", "data", "created_at", "hash"],
+            )
+        await conn.execute("UPDATE projects SET head = $2, last_hash = $3 WHERE id = $1", project_id, events, previous)
+        await conn.execute("VACUUM ANALYZE events")
+    finally:
+        await conn.close()
 
 
 def migrate(url: str) -> None:

@@ -242,6 +242,90 @@ def ws_implementations(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def audit_chain(doc: dict[str, Any]) -> list[str]:
+    r = doc["runs"][0]
+    names = list(r["sides"])
+    lines = [
+        "### Audit chain: publish throughput, versions side by side",
+        "",
+        provenance(doc),
+        "",
+        "Sides: "
+        + ", ".join(f"`{n}` = {ref if ref != '.' else 'this tree'}" for n, ref in r["sides"].items())
+        + f"; {r['rounds']} rounds of {fmt(r['durationS'])} s per case, rotating order; medians, and the cost "
+        f"against `{names[0]}`.",
+        "",
+        "| case | " + " | ".join(f"{n}: events/s (runs)" for n in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for case, by_side in r["cases"].items():
+        cells = []
+        for n in names:
+            side = by_side[n]
+            cost = "" if n == names[0] else f", {side['costPercent']:+.1f}% cost"
+            cells.append(f"{fmt(side['median'])}{cost} ({', '.join(fmt(v) for v in side['perS'])})")
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def audit_read(doc: dict[str, Any]) -> list[str]:
+    r = doc["runs"][0]
+    lines = [
+        "### Audit: verify and export over a long log",
+        "",
+        provenance(doc),
+        "",
+        f"{fmt(r['events'])} events in one project (loaded with COPY in {fmt(r['loadS'])} s, chain included).",
+        "",
+        "| what | seconds | events/s | MB/s | server RSS (MiB) |",
+        "|---|---:|---:|---:|---|",
+    ]
+    v = r["verifyHttp"]
+    lines.append(
+        f"| `GET …/audit/verify` | {fmt(v['seconds'], 2)} | {fmt(v['eventsPerS'])} | | "
+        f"{fmt(v['rssMiB']['before'])} → {fmt(v['rssMiB']['after'])} |"
+    )
+    c = r["verifyCli"]
+    lines.append(f"| `herald audit verify` (its own process, start-up included) | {fmt(c['seconds'], 2)} | "
+                 f"{fmt(c['eventsPerS'])} | | |")  # fmt: skip
+    for fmt_name in ("ndjson", "csv"):
+        e = r.get(f"export_{fmt_name}", {})
+        if "seconds" in e:
+            lines.append(
+                f"| `GET …/export?format={fmt_name}` ({fmt(e['bytes'] / 1e6)} MB) | {fmt(e['seconds'], 2)} | "
+                f"{fmt(e['eventsPerS'])} | {fmt(e['mbPerS'])} | {fmt(e['rssMiB']['before'])} → peak "
+                f"{fmt(e['rssMiB']['peak'])} |"
+            )
+    return lines
+
+
+def audit_queries(doc: dict[str, Any]) -> list[str]:
+    r = doc["runs"][0]
+    lines = ["### Audit: the auditor's reads (history filters, state at a seq, ack ledger)", "", provenance(doc), ""]
+    lines += [f"{fmt(r['events'])} events in the measured project. History pages (100 events), milliseconds:", ""]
+    lines += ["| query | BRIN only | with the stretches |", "|---|---:|---:|"]
+    for name, without in r["historyWithoutStretches"].items():
+        with_ = r["historyWithStretches"].get(name, {})
+        lines.append(f"| {name} | {fmt(without['ms'], 2)} | {fmt(with_.get('ms'), 2)} |")
+    fold = ", ".join(f"{fmt(int(n))} events: {fmt(v['distinctOn'])} ms" for n, v in r["directFoldMs"].items())
+    at = ", ".join(f"at {k.split('/')[0]} (limit {k.split('/')[1]}): {fmt(v)} ms" for k, v in r["readAtMs"].items())
+    s, a = r["summarize"], r["appends"]
+    lines += [
+        "",
+        f"State at a seq: folding the log directly takes {fold}; summarized in stretches "
+        f"({fmt(s['stretches'])} stretches in {fmt(s['seconds'])} s, {fmt(s['rows'])} rows, {fmt(s['MiB'])} MiB), "
+        f"`state?at=` answers {at}.",
+        "",
+        f"Appends with the new indexes: {fmt(a['medianUs']['with'])} µs against {fmt(a['medianUs']['without'])} "
+        f"µs without (median of {a['rounds']} rounds of {fmt(a['perRound'])}; {a['costPercent']:+.1f}%). "
+        "Ack flushes with the ledger: "
+        + ", ".join(f"{n} acks {fmt(v['withLedgerMs'], 2)} ms (was {fmt(v['beforeMs'], 2)})"
+                    for n, v in r["ackFlushes"].items())
+        + ".",
+    ]  # fmt: skip
+    return lines
+
+
 def plot(results: dict[str, dict[str, Any]], path: Path) -> bool:
     doc = results.get("fanout-latency")
     if doc is None:
@@ -339,6 +423,9 @@ SECTIONS = [
     ("memory-sustained", memory_sustained),
     ("soak", soak),
     ("ws-implementations", ws_implementations),
+    ("audit-chain", audit_chain),
+    ("audit-read", audit_read),
+    ("audit-queries", audit_queries),
 ]
 
 

@@ -1,4 +1,4 @@
-"""The command line: serve, migrate, token, project add, schema, demo.
+"""The command line: serve, migrate, token, project add, audit, schema, demo.
 
 `python -m service --help` lists them; every command reads the same environment as the server
 (DATABASE_URL, HERALD_DATA_DIR, HERALD_SECRET), so a token printed here is valid there.
@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from . import auth, db
+from . import audit, auth, db
 from .config import ConfigError, Settings, load_settings
 from .messages import ProjectCreate, json_schema
 
@@ -203,6 +203,48 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """`audit verify` exits 0 when the chain is intact, 1 naming the first bad seq, 2 when it cannot
+    tell (no such project, a checkpoint this service did not sign). `audit checkpoint` prints a signed
+    receipt of a verified chain; `audit key` the public key that checks receipts."""
+    settings = load_settings()
+    if args.audit_command == "key":
+        print(json.dumps(audit.public_key(settings.signing_secret())))
+        return 0
+    expect: dict[int, bytes] = {}
+    for path in getattr(args, "checkpoint", None) or ():
+        try:
+            receipt = json.loads(Path(path).read_text(encoding="utf-8"))
+            project_id, seq, digest = audit.open_checkpoint(receipt, settings.verification_secrets())
+        except (OSError, ValueError, audit.BadCheckpoint) as exc:
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            return 2
+        if project_id != args.id:
+            print(f"error: {path} is a checkpoint of project {project_id!r}, not {args.id!r}", file=sys.stderr)
+            return 2
+        expect[seq] = digest
+
+    async def work(conn: asyncpg.Connection) -> int:
+        try:
+            if args.audit_command == "checkpoint":
+                print(json.dumps(await audit.checkpoint(conn, args.id, settings.signing_secret())))
+                return 0
+            verdict = await audit.verify(conn, args.id, expect=expect)
+        except audit.NoSuchProject:
+            print(f"error: no project {args.id!r}", file=sys.stderr)
+            return 2
+        except audit.ChainBroken as exc:
+            print(f"error: no checkpoint taken: {exc}", file=sys.stderr)
+            return 1
+        if verdict.ok:
+            print(f"{args.id}: chain intact through seq {verdict.head} (hash {verdict.hash.hex()})")
+            return 0
+        print(f"{args.id}: chain broken at seq {verdict.first_bad}: {verdict.reason}")
+        return 1
+
+    return on_database(settings, work)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="python -m service",
@@ -241,7 +283,7 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("action", nargs="?", choices=["revoke"], help="revoke instead of issuing")
     token.add_argument("--user", help="who the token is for (1 to 128 printable characters)")
     token.add_argument("--projects", help="comma-separated project ids, or '*' for all")
-    token.add_argument("--scopes", help="comma-separated: subscribe,publish,admin,metrics")
+    token.add_argument("--scopes", help="comma-separated: subscribe,publish,audit,admin,metrics")
     token.add_argument(
         "--ttl", type=int, default=auth.DEFAULT_TTL_S, help="seconds (default 86400; at most HERALD_TOKEN_MAX_TTL_S)"
     )
@@ -260,6 +302,20 @@ def parser() -> argparse.ArgumentParser:
         help="the secret of the project's own GitHub hook, at /webhooks/github/ID (16 characters or more)",
     )
     add.set_defaults(func=cmd_project_add)
+
+    audit_parser = sub.add_parser("audit", help="verify a project's hash chain; signed checkpoints")
+    audit_sub = audit_parser.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = audit_sub.add_parser(
+        "verify", help="recompute the chain: exit 0 when intact, 1 naming the first bad seq, 2 when it cannot tell"
+    )
+    verify.add_argument("id")
+    verify.add_argument(
+        "--checkpoint", action="append", metavar="FILE", help="a receipt from `audit checkpoint` the log must match"
+    )
+    checkpoint = audit_sub.add_parser("checkpoint", help="verify, then print a signed receipt of the chain's head")
+    checkpoint.add_argument("id")
+    audit_sub.add_parser("key", help="print the public key that checks checkpoint signatures (Ed25519)")
+    audit_parser.set_defaults(func=cmd_audit)
 
     schema = sub.add_parser("schema", help="write the JSON Schema of every wire message")
     schema.add_argument("--out", help="file to write (default: stdout)")

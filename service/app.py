@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from . import db, frames, limits, runtime
-from .api import http, sse, webhooks, websocket
+from .api import audit, http, sse, webhooks, websocket
 from .auth import install_log_redaction
 from .config import Settings
 from .messages import MAX_MESSAGE_BYTES
@@ -104,5 +104,6 @@ def create_app(settings: Settings, *, frontend_dist: Path | None = FRONTEND_DIST
     app.include_router(websocket.router)
     app.include_router(sse.router)
     app.include_router(webhooks.router)
+    app.include_router(audit.router)
     http.install(app, frontend_dist=frontend_dist)
     return app

@@ -2,8 +2,9 @@
 
 A token is a JWT (HS256, PyJWT) naming a user (`sub`), the projects it may touch (or `*` for every
 project, present and future), its scopes, when it was issued and when it expires, and its own id
-(`jti`). Scopes: `subscribe` (read, stream, ack), `publish` (append), `admin` (create projects, read
-every cursor, metrics; implies the other two and `audit`), `metrics` (read /metrics only).
+(`jti`). Scopes: `subscribe` (read, stream, ack), `publish` (append), `audit` (read only: history,
+export, the ack ledger, past states, verification; never a stream, an ack or an append), `admin`
+(create projects, read every cursor, metrics; implies the other three), `metrics` (read /metrics only).
 
 Keys. Every secret has a key id (`kid`, a fingerprint that reveals nothing of it); tokens carry the
 kid of the secret that signed them, so a service can accept several secrets at once and an operator
@@ -30,8 +31,8 @@ from typing import Any, Literal
 import asyncpg
 import jwt
 
-Scope = Literal["subscribe", "publish", "admin", "metrics"]
-SCOPES: tuple[Scope, ...] = ("subscribe", "publish", "admin", "metrics")
+Scope = Literal["subscribe", "publish", "audit", "admin", "metrics"]
+SCOPES: tuple[Scope, ...] = ("subscribe", "publish", "audit", "admin", "metrics")
 ALL_PROJECTS = "*"
 AUDIENCE = "herald"
 DEFAULT_TTL_S = 86_400

@@ -79,32 +79,65 @@ class CursorRow:
         }
 
 
+# Acks (project, user, client, seq), one per cursor, in one statement: lock the cursors that exist (in key
+# order, so two flushes sharing cursors wait rather than deadlock), move each to max(cursor, seq) unless
+# seq is beyond the head (refused on arrival; the check stays as a guard), and write an ack_ledger row for
+# each cursor that moved or was created, with its new seq. Locking first makes "moved" exact: `before`
+# holds each cursor as it is when this statement owns it, even when another instance's flush committed
+# a move of it meanwhile. The INSERT reads `before`, so its rows are locked before any is written.
 _ADVANCE = """
-INSERT INTO cursors AS c (project_id, "user", client_id, seq, updated_at)
-SELECT p.id, $2, $3, $4, now() FROM projects p WHERE p.id = $1 AND p.head >= $4
-ON CONFLICT (project_id, "user", client_id)
-DO UPDATE SET seq = GREATEST(c.seq, EXCLUDED.seq), updated_at = EXCLUDED.updated_at
-RETURNING seq
+WITH acked AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS a(project_id, "user", client_id, seq)
+), before AS (
+    SELECT c.project_id, c."user", c.client_id, c.seq FROM cursors c
+    JOIN acked USING (project_id, "user", client_id)
+    ORDER BY c.project_id, c."user", c.client_id
+    FOR UPDATE OF c
+), moved AS (
+    INSERT INTO cursors AS c (project_id, "user", client_id, seq, updated_at)
+    SELECT a.project_id, a."user", a.client_id, a.seq, now()
+    FROM acked a JOIN projects p ON p.id = a.project_id AND p.head >= a.seq
+    LEFT JOIN before b USING (project_id, "user", client_id)
+    ORDER BY a.project_id, a."user", a.client_id
+    ON CONFLICT (project_id, "user", client_id)
+    DO UPDATE SET seq = GREATEST(c.seq, EXCLUDED.seq), updated_at = EXCLUDED.updated_at
+    RETURNING c.project_id, c."user", c.client_id, c.seq
+), ledger AS (
+    INSERT INTO ack_ledger (project_id, "user", client_id, seq, acked_at)
+    SELECT m.project_id, m."user", m.client_id, m.seq, now()
+    FROM moved m LEFT JOIN before b USING (project_id, "user", client_id)
+    WHERE b.seq IS NULL OR m.seq > b.seq
+)
+SELECT project_id, "user", client_id, seq FROM moved
 """
 
 
+async def advance_many(
+    conn: asyncpg.Connection, acks: Iterable[tuple[str, str, str, int]]
+) -> dict[tuple[str, str, str], int]:
+    """Persist a batch of (project_id, user, client_id, seq) acks, at most one per cursor, in one
+    statement (one round trip, one transaction): the cursors and their ack_ledger rows commit together.
+    Returns each cursor as it is afterwards; an ack beyond the head (or of no project) is left out."""
+    rows = sorted(acks)
+    columns: tuple[list[Any], ...] = ([], [], [], [])
+    for row in rows:
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    result = await conn.fetch(_ADVANCE, *columns)
+    return {(r["project_id"], r["user"], r["client_id"]): r["seq"] for r in result}
+
+
 async def advance(conn: asyncpg.Connection, *, project_id: str, user: str, client_id: str, seq: int) -> int:
-    """Move the cursor to max(cursor, seq) and return it. Raises AckBeyondHead when seq > head."""
-    value: int | None = await conn.fetchval(_ADVANCE, project_id, user, client_id, seq)
+    """Move the cursor to max(cursor, seq) and return it, with its ledger row when it moved. Raises
+    AckBeyondHead when seq > head."""
+    moved = await advance_many(conn, [(project_id, user, client_id, seq)])
+    value = moved.get((project_id, user, client_id))
     if value is not None:
         return value
     head = await project_head(conn, project_id)
     if head is None:
         raise ProjectNotFound(project_id)
     raise AckBeyondHead(seq, head)
-
-
-async def advance_many(conn: asyncpg.Connection, acks: Iterable[tuple[str, str, str, int]]) -> None:
-    """Persist a batch of (project_id, user, client_id, seq) acks in one round trip.
-
-    Acks beyond the head were refused when they arrived; the head check stays as a guard.
-    """
-    await conn.executemany(_ADVANCE, list(acks))
 
 
 async def get(conn: asyncpg.Connection, *, project_id: str, user: str, client_id: str) -> int | None:
@@ -123,6 +156,44 @@ async def list_for_project(conn: asyncpg.Connection, project_id: str) -> list[Cu
         project_id,
     )
     return [CursorRow(**dict(r)) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Reached:
+    """From the ack ledger: a client whose cursor reached a seq, and the advance that first did."""
+
+    user: str
+    client_id: str
+    seq: int  # the cursor after that advance
+    acked_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user": self.user,
+            "clientId": self.client_id,
+            "seq": self.seq,
+            "ackedAt": format_timestamp(self.acked_at),
+        }
+
+
+# The clients whose cursor is at seq or beyond, each with its first ledger row at seq or beyond: one probe
+# of ack_ledger_client per client. Cursors only move forward, so that row is when the cursor got there.
+_REACHED = """
+SELECT c."user", c.client_id, first.seq, first.acked_at
+FROM cursors c
+CROSS JOIN LATERAL (
+    SELECT l.seq, l.acked_at FROM ack_ledger l
+    WHERE l.project_id = c.project_id AND l."user" = c."user" AND l.client_id = c.client_id AND l.seq >= $2
+    ORDER BY l.seq LIMIT 1
+) AS first
+WHERE c.project_id = $1 AND c.seq >= $2
+ORDER BY first.acked_at, c."user", c.client_id
+"""
+
+
+async def reached(conn: asyncpg.Connection, project_id: str, seq: int) -> list[Reached]:
+    """Every (user, clientId) whose acks reached `seq` or beyond, in the order they got there."""
+    return [Reached(**dict(r)) for r in await conn.fetch(_REACHED, project_id, seq)]
 
 
 class AckBuffer:

@@ -11,6 +11,8 @@ Plain async functions over an asyncpg connection. The guarantees live in the SQL
 * A repeated `message_id` appends nothing and returns the original event.
 * The same statement records the event as the latest of its subject (`subject`) in `project_state`,
   so the project state (state.py) is always exactly the fold of the committed log.
+* The same statement extends the project's audit chain (audit.py): the event's hash covers the previous
+  one, kept on the project row it locks, so the chain costs no read of the log.
 * `append_many` appends a batch, over any number of projects, in one transaction with one NOTIFY per
   project, under the same guarantees; `Appender` is the group commit that feeds it: the appends that
   arrive while a transaction is committing share the next one (docs/delivery.md, "Group commit").
@@ -30,6 +32,7 @@ from typing import Any, Literal, cast
 import asyncpg
 import orjson
 
+from . import audit
 from .db import BUSY_ERRORS, UNAVAILABLE_ERRORS, ConnectionLost, DatabaseBusy
 from .messages import format_timestamp
 
@@ -71,6 +74,7 @@ class StoredEvent:
     type: str
     data: str
     created_at: datetime
+    hash: bytes
 
     def encode(self) -> bytes:
         """The event's wire JSON (docs/protocol.md §2). Encode once, send to many."""
@@ -82,6 +86,7 @@ class StoredEvent:
                 "messageId": self.message_id,
                 "timestamp": format_timestamp(self.created_at),
                 "data": orjson.Fragment(self.data),
+                "hash": self.hash.hex(),
             }
         )
 
@@ -163,27 +168,45 @@ def subject(type: str, data: Mapping[str, Any]) -> list[Any] | None:
     return None
 
 
-# One statement, so one round trip and one atomic unit: take the seq, insert the event, make it the
+# `subject` in SQL, hashed as the append statement hashes it (sha-256 of the canonical jsonb text), for the
+# folds that run in the database (state.py's stretches). It must agree with `subject`: the tests of the
+# state at a seq compare a fold by each.
+SUBJECT_HASH_SQL = """sha256(convert_to(CASE type
+    WHEN 'agent_run_progress' THEN jsonb_build_array(data -> 'runId')
+    WHEN 'pr_notification' THEN jsonb_build_array(lower(data ->> 'repo'), data -> 'number')
+    WHEN 'validation_update' THEN jsonb_build_array(data -> 'name', data -> 'headSha')
+END::text, 'UTF8'))"""
+
+
+# The wire timestamp (format_timestamp) as PostgreSQL spells it: both truncate to the millisecond.
+_TIMESTAMP = """to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
+
+# One statement, so one round trip and one atomic unit: take the seq and extend the chain (the canonical
+# form's pieces $6 and $7 around the seq and the time, audit.pieces), insert the event, make it the
 # latest of its subject ($5, absent for types without one), and notify. The subject is hashed from its
 # canonical jsonb text (see tables.py); seqs only grow, so the guard on the update never fires in
 # practice, but it keeps the state from ever moving back.
 _APPEND = f"""
 WITH next AS (
-    UPDATE projects SET head = head + 1 WHERE id = $1 RETURNING head
+    UPDATE projects SET head = head + 1, last_hash = sha256(
+        last_hash || $6::bytea
+        || convert_to((head + 1)::text || '{audit.MIDDLE.decode()}' || {_TIMESTAMP}, 'UTF8')
+        || $7::bytea
+    ) WHERE id = $1 RETURNING head, last_hash
 ), event AS (
-    INSERT INTO events (project_id, seq, message_id, type, data)
-    SELECT $1, next.head, $2, $3, $4::jsonb FROM next
-    RETURNING seq, created_at, data
+    INSERT INTO events (project_id, seq, message_id, type, data, hash)
+    SELECT $1, next.head, $2, $3, $4::jsonb, next.last_hash FROM next
+    RETURNING seq, created_at, data, hash
 ), latest AS (
     INSERT INTO project_state (project_id, type, subject, seq)
     SELECT $1, $3, sha256(convert_to($5::jsonb::text, 'UTF8')), seq FROM event WHERE $5::jsonb IS NOT NULL
     ON CONFLICT (project_id, type, subject) DO UPDATE SET seq = excluded.seq
     WHERE project_state.seq < excluded.seq
 )
-SELECT seq, created_at, data::text AS data, pg_notify('{NOTIFY_CHANNEL}', $1 || ':' || seq) FROM event
+SELECT seq, created_at, data::text AS data, hash, pg_notify('{NOTIFY_CHANNEL}', $1 || ':' || seq) FROM event
 """
 
-_EVENT_COLUMNS = "project_id, seq, message_id, type, data::text AS data, created_at"
+_EVENT_COLUMNS = "project_id, seq, message_id, type, data::text AS data, created_at, hash"
 
 
 async def append(
@@ -203,7 +226,9 @@ async def append(
     message_id = message_id or str(uuid.uuid4())
     payload = orjson.dumps(data).decode()
     about = subject(type, data)
-    args = (project_id, message_id, type, payload, None if about is None else orjson.dumps(about).decode())
+    before, after = audit.pieces(project_id=project_id, message_id=message_id, type=type, data=data)
+    about_json = None if about is None else orjson.dumps(about).decode()
+    args = (project_id, message_id, type, payload, about_json, before, after)
     try:
         if conn.is_in_transaction():
             async with conn.transaction():  # a savepoint
@@ -221,7 +246,7 @@ async def append(
     if row is None:
         raise ProjectNotFound(project_id)
     # The stored form (jsonb orders keys its own way), so every later read encodes to the same bytes.
-    event = StoredEvent(project_id, row["seq"], message_id, type, row["data"], row["created_at"])
+    event = StoredEvent(project_id, row["seq"], message_id, type, row["data"], row["created_at"], row["hash"])
     return event, True
 
 
@@ -248,8 +273,11 @@ class Append:
 
 
 # Lock the batch's projects in id order (so that two batches sharing projects wait for each other rather
-# than deadlock), reading their heads: appends to these projects are now serialized behind this one.
-_LOCK = "SELECT id, head FROM projects WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+# than deadlock), reading their heads and last hashes, and the time the events will carry: appends to
+# these projects are now serialized behind this one.
+_LOCK = f"""
+SELECT id, head, last_hash, {_TIMESTAMP} AS now FROM projects WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+"""
 
 # With the locks held, every earlier append to these projects has committed, so this sees them all.
 _EXISTING = f"""
@@ -257,19 +285,20 @@ SELECT {_EVENT_COLUMNS} FROM events
 WHERE (project_id, message_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
 """
 
-# The rest of the batch in one statement: the events (seqs assigned by the caller, contiguous after the
-# locked heads), the new heads, the latest event of each subject (the last one of the batch wins, as it
-# would have appended one by one), and one NOTIFY per project with its new head.
+# The rest of the batch in one statement: the events (seqs and hashes computed by the caller, contiguous
+# after the locked heads), the new heads and last hashes, the latest event of each subject (the last one
+# of the batch wins, as it would have appended one by one), and one NOTIFY per project with its new head.
 _APPEND_MANY = f"""
 WITH new AS (
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])
-        AS n(project_id, seq, message_id, type, data, subject)
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bytea[])
+        AS n(project_id, seq, message_id, type, data, subject, hash)
 ), event AS (
-    INSERT INTO events (project_id, seq, message_id, type, data)
-    SELECT project_id, seq, message_id, type, data::jsonb FROM new
-    RETURNING project_id, seq, created_at, data::text AS data
+    INSERT INTO events (project_id, seq, message_id, type, data, hash)
+    SELECT project_id, seq, message_id, type, data::jsonb, hash FROM new
+    RETURNING project_id, seq, created_at, data::text AS data, hash
 ), head AS (
-    UPDATE projects SET head = h.head FROM unnest($7::text[], $8::bigint[]) AS h(id, head) WHERE projects.id = h.id
+    UPDATE projects SET head = h.head, last_hash = h.last_hash
+    FROM unnest($8::text[], $9::bigint[], $10::bytea[]) AS h(id, head, last_hash) WHERE projects.id = h.id
 ), latest AS (
     INSERT INTO project_state (project_id, type, subject, seq)
     SELECT DISTINCT ON (project_id, type, hash) project_id, type, hash, seq
@@ -280,9 +309,9 @@ WITH new AS (
     WHERE project_state.seq < excluded.seq
 ), notify AS (
     SELECT count(pg_notify('{NOTIFY_CHANNEL}', h.id || ':' || h.head)) AS n
-    FROM unnest($7::text[], $8::bigint[]) AS h(id, head)
+    FROM unnest($8::text[], $9::bigint[]) AS h(id, head)
 )
-SELECT event.project_id, event.seq, event.created_at, event.data, notify.n FROM event, notify
+SELECT event.project_id, event.seq, event.created_at, event.data, event.hash, notify.n FROM event, notify
 """
 
 
@@ -300,12 +329,15 @@ async def append_many(
     """
     results: list[tuple[StoredEvent, bool] | ProjectNotFound | None] = [None] * len(appends)
     async with conn.transaction():
-        heads = {r["id"]: r["head"] for r in await conn.fetch(_LOCK, sorted({a.project_id for a in appends}))}
+        locked = await conn.fetch(_LOCK, sorted({a.project_id for a in appends}))
+        heads: dict[str, int] = {r["id"]: r["head"] for r in locked}
+        chain: dict[str, bytes] = {r["id"]: r["last_hash"] for r in locked}
+        now = locked[0]["now"].encode() if locked else b""
         known = [a for a in appends if a.project_id in heads]
         rows = await conn.fetch(_EXISTING, [a.project_id for a in known], [a.message_id for a in known])
         existing = {(r["project_id"], r["message_id"]): StoredEvent(**dict(r)) for r in rows}
         fresh: dict[tuple[str, str], int] = {}  # (project, messageId) -> index of its new event
-        columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
         for i, a in enumerate(appends):
             key = (a.project_id, a.message_id)
             if a.project_id not in heads:
@@ -314,25 +346,29 @@ async def append_many(
                 results[i] = (existing[key], False)
             elif key not in fresh:
                 fresh[key] = i
-                heads[a.project_id] += 1
+                seq = heads[a.project_id] = heads[a.project_id] + 1
                 about = subject(a.type, a.data)
+                before, after = audit.pieces(project_id=a.project_id, message_id=a.message_id, type=a.type, data=a.data)
+                digest = chain[a.project_id] = audit.link(
+                    chain[a.project_id], b"%b%d%b%b%b" % (before, seq, audit.MIDDLE, now, after)
+                )
                 for column, value in zip(
                     columns,
-                    (a.project_id, heads[a.project_id], a.message_id, a.type, orjson.dumps(a.data).decode(),
-                     None if about is None else orjson.dumps(about).decode()),
+                    (a.project_id, seq, a.message_id, a.type, orjson.dumps(a.data).decode(),
+                     None if about is None else orjson.dumps(about).decode(), digest),
                     strict=True,
                 ):  # fmt: skip
                     column.append(value)
         if fresh:
             moved = sorted({appends[i].project_id for i in fresh.values()})
-            rows = await conn.fetch(_APPEND_MANY, *columns, moved, [heads[p] for p in moved])
+            rows = await conn.fetch(_APPEND_MANY, *columns, moved, [heads[p] for p in moved], [chain[p] for p in moved])
             stored = {(r["project_id"], r["seq"]): r for r in rows}
             new_events: dict[tuple[str, str], StoredEvent] = {}
             for project_id, seq, message_id, type_ in zip(*columns[:4], strict=True):
                 row = stored[(project_id, seq)]
                 # The stored form of data, as `append` returns it, so every read encodes the same bytes.
                 new_events[(project_id, message_id)] = StoredEvent(
-                    project_id, seq, message_id, type_, row["data"], row["created_at"]
+                    project_id, seq, message_id, type_, row["data"], row["created_at"], row["hash"]
                 )
             for i, a in enumerate(appends):
                 if results[i] is None:
@@ -520,9 +556,144 @@ async def read_run(conn: asyncpg.Connection, project_id: str, after: int, *, max
     events held for a slow client would otherwise be the whole page)."""
     rows = await conn.fetch(_READ_RUN, project_id, after, max_events, max_bytes)
     events = [
-        StoredEvent(r["project_id"], r["seq"], r["message_id"], r["type"], r["data"], r["created_at"]) for r in rows
+        StoredEvent(r["project_id"], r["seq"], r["message_id"], r["type"], r["data"], r["created_at"], r["hash"])
+        for r in rows
     ]
     return Run(events, full=len(rows) == max_events or (bool(rows) and rows[-1]["upto"] >= max_bytes))
+
+
+# What `subject` matches, by type: one arm per kind of subject, each served by a partial index of its own
+# (tables.py) whose leading columns are the project and the value, then seq, so that each arm is an ordered
+# index scan that stops at the page's LIMIT, however many events the subject has. The arms are disjoint (by
+# type, and the number arm leaves out what the headSha arm found), so no event comes twice.
+_SUBJECT_ARMS: tuple[tuple[frozenset[str], str, bool], ...] = (
+    # (the types it can match, its condition on $k, whether only a decimal number can match it)
+    (frozenset({"agent_run_progress"}), "type = 'agent_run_progress' AND data ->> 'runId' = $k", False),
+    (
+        frozenset({"pr_notification", "validation_update"}),
+        "type IN ('pr_notification', 'validation_update') AND data ->> 'headSha' = $k",
+        False,
+    ),
+    (
+        frozenset({"pr_notification", "validation_update"}),
+        "type IN ('pr_notification', 'validation_update') AND coalesce(data ->> 'number', data ->> 'prNumber') = $k "
+        "AND (data ->> 'headSha') IS DISTINCT FROM $k",
+        True,
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Which events a history read or an export wants, besides their seq range (docs/protocol.md §7.3).
+
+    `since` (inclusive) and `until` (exclusive) bound `created_at`; to filter on the wire's
+    `timestamp`, which is `created_at` cut to the millisecond, pass them rounded up to the next
+    millisecond (`timestamp >= t` exactly when `created_at >= ceil_ms(t)`). `subject` is a run id, a
+    pull-request number or a head sha: `data.runId` of agent runs, `data.number` of pull requests and
+    `data.prNumber` of validations, `data.headSha` of both."""
+
+    type: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    subject: str | None = None
+
+
+SeqRange = tuple[int, int | None]  # lo < seq <= hi; hi None: to the end of the log
+WHOLE_LOG: tuple[SeqRange, ...] = ((0, None),)
+
+# Where a time window's events can be: the stretches of the log (state.py summarizes every 10,000 events
+# with the span of their created_at) whose events all precede `since`, or all follow `until`, are left out;
+# the tail after the last stretch is always searched. Stretches are written in order from seq 1, so every
+# stretch before the first one that reaches `since` lies wholly before it, and every stretch after the
+# last one that starts before `until` wholly after it.
+_SPANS = """
+SELECT coalesce(max(last_seq), 0) AS summarized,
+       min(first_seq) FILTER (WHERE last_at >= $2) - 1 AS lo,
+       max(last_seq) FILTER (WHERE first_at < $3) AS hi
+FROM log_stretches WHERE project_id = $1
+"""
+
+
+async def seq_ranges(conn: asyncpg.Connection, project_id: str, where: Filter) -> tuple[SeqRange, ...]:
+    """The seq ranges that can hold the events of `where`'s time window: at most two, and the whole log
+    without one. A time filter alone reads the log in seq order from where the window starts (the
+    planner cannot know that created_at follows seq); these bounds let it start there, and stop."""
+    if where.since is None and where.until is None:
+        return WHOLE_LOG
+    row = await conn.fetchrow(_SPANS, project_id, where.since, where.until)
+    summarized: int = row["summarized"]
+    lo: int = 0 if where.since is None else (summarized if row["lo"] is None else row["lo"])
+    if where.until is None:
+        return ((lo, None),)
+    hi: int = row["hi"] or 0
+    if hi >= summarized:  # the window reaches the tail
+        return ((lo, None),)
+    ranges: list[SeqRange] = [(lo, hi)] if lo < hi else []
+    return (*ranges, (max(lo, summarized), None))
+
+
+def _page_query(
+    project_id: str,
+    *,
+    after: int,
+    before: int | None,
+    where: Filter,
+    ranges: Sequence[SeqRange],
+    order: Literal["asc", "desc"],
+    limit: int,
+) -> tuple[str, list[Any]]:
+    """The query for up to `limit` events of `project_id` with after < seq < before that `where`
+    wants, within `ranges` (from `seq_ranges`), in `order` of seq; and its arguments.
+
+    Each (subject arm, range) is a branch of its own, ordered and limited: an index scan in seq order
+    that stops after `limit` rows. A plain UNION ALL of the branches, ordered outside, would not do:
+    PostgreSQL then reads every matching row of every branch and sorts them (it does not merge the
+    branches' index orders), which for a subject with 100,000 events, or a day of the log, is the lot."""
+    args: list[Any] = [project_id, after]
+    clauses = ["project_id = $1", "seq > $2"]
+    for value, clause in (
+        (before, "seq < $"),
+        (where.type, "type = $"),
+        (where.since, "created_at >= $"),
+        (where.until, "created_at < $"),
+    ):
+        if value is not None:
+            args.append(value)
+            clauses.append(f"{clause}{len(args)}")
+    common = " AND ".join(clauses)
+
+    bounds: list[str] = []
+    for lo, hi in ranges:
+        bound = ""
+        if lo > 0:
+            args.append(lo)
+            bound += f" AND seq > ${len(args)}"
+        if hi is not None:
+            args.append(hi)
+            bound += f" AND seq <= ${len(args)}"
+        bounds.append(bound)
+    conditions = [""]
+    if where.subject is not None:
+        args.append(where.subject)
+        key = f"${len(args)}"
+        conditions = [
+            " AND " + condition.replace("$k", key)
+            for types, condition, numeric in _SUBJECT_ARMS
+            if (where.type is None or where.type in types) and (not numeric or where.subject.isdecimal())
+        ]
+    args.append(limit)
+    tail = f"ORDER BY seq {'DESC' if order == 'desc' else 'ASC'} LIMIT ${len(args)}"
+    branches = [
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE {common}{bound}{condition} {tail}"
+        for condition in conditions
+        for bound in bounds
+    ]
+    if not branches:  # nothing of this type can have this subject
+        return f"SELECT {_EVENT_COLUMNS} FROM events WHERE project_id = $1 AND seq > $2 AND false", args[:2]
+    if len(branches) == 1:
+        return branches[0], args
+    return "SELECT * FROM (" + " UNION ALL ".join(f"({b})" for b in branches) + f") AS matching {tail}", args
 
 
 async def read_page(
@@ -532,29 +703,34 @@ async def read_page(
     after: int = 0,
     before: int | None = None,
     limit: int = 100,
-    type: str | None = None,
+    where: Filter = Filter(),
     order: Literal["asc", "desc"] = "asc",
+    ranges: Sequence[SeqRange] | None = None,
 ) -> tuple[list[StoredEvent], int | None]:
-    """One page of history with after < seq < before, and the `next` cursor of docs/protocol.md §3.
+    """One page of history with after < seq < before, of the events `where` wants, and the `next`
+    cursor of docs/protocol.md §3.
 
     `next` is the seq of the last event returned when more events match beyond it: the `after` (asc)
-    or `before` (desc) of the next page. One extra row is read to know.
+    or `before` (desc) of the next page. One extra row is read to know. The filters are part of the
+    query, so paging with `next` and the same filters reads every matching event once. `ranges`: the
+    `seq_ranges` of `where`, when the caller already has them (an export reading page after page).
     """
-    clauses = ["project_id = $1", "seq > $2"]
-    args: list[Any] = [project_id, after]
-    if before is not None:
-        args.append(before)
-        clauses.append(f"seq < ${len(args)}")
-    if type is not None:
-        args.append(type)
-        clauses.append(f"type = ${len(args)}")
-    args.append(limit + 1)
-    direction = "DESC" if order == "desc" else "ASC"
-    rows = await conn.fetch(
-        f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} "
-        f"ORDER BY seq {direction} LIMIT ${len(args)}",
-        *args,
+    if ranges is None:
+        ranges = await seq_ranges(conn, project_id, where)
+    query, args = _page_query(
+        project_id, after=after, before=before, where=where, ranges=ranges, order=order, limit=limit + 1
     )
+    rows = await conn.fetch(query, *args)
     events = [StoredEvent(**dict(r)) for r in rows[:limit]]
     next_cursor = events[-1].seq if len(rows) > limit else None
     return events, next_cursor
+
+
+async def read_seqs(conn: asyncpg.Connection, project_id: str, seqs: Sequence[int]) -> list[StoredEvent]:
+    """The events of `project_id` at these seqs (those the log holds), in seq order: one lookup by key each."""
+    rows = await conn.fetch(
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE project_id = $1 AND seq = ANY($2::bigint[]) ORDER BY seq",
+        project_id,
+        list(seqs),
+    )
+    return [StoredEvent(**dict(r)) for r in rows]

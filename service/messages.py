@@ -189,6 +189,11 @@ class Event(Wire):
     message_id: str
     timestamp: str = Field(description="ISO 8601 UTC, millisecond precision, ending in Z")
     data: dict[str, Any]
+    hash: str = Field(
+        pattern="^[0-9a-f]{64}$",
+        description="SHA-256 chaining the project's log: covers the previous event's hash and this event's "
+        "canonical form (docs/protocol.md, Audit)",
+    )
 
 
 class PublishRequest(Wire):
@@ -286,6 +291,50 @@ class Cursor(Wire):
 
 class CursorList(Wire):
     cursors: list[Cursor]
+
+
+# --- audit (docs/protocol.md, Audit) -------------------------------------------------------------------
+
+
+class ChainIntact(Wire):
+    """`GET /api/projects/{id}/audit/verify` when every stored event matches the chain."""
+
+    ok: Literal[True]
+    head: int = Field(description="the last seq verified (the project's head)")
+    hash: str = Field(description="the chain's hash at head; 64 zeros for an empty log")
+
+
+class ChainBroken(Wire):
+    """`GET /api/projects/{id}/audit/verify` when a stored event was changed, deleted or reordered."""
+
+    ok: Literal[False]
+    first_bad: int = Field(description="the first seq whose event does not continue the chain")
+    reason: str
+
+
+class Checkpoint(Wire):
+    """A signed receipt of the chain at `seq` (`herald audit checkpoint ID`), to be kept outside the
+    database: `herald audit verify ID --checkpoint FILE` proves the log still matches it."""
+
+    project_id: str
+    seq: int
+    hash: str
+    at: str = Field(description="when it was taken, ISO 8601 UTC")
+    key_id: str = Field(description="which of the service's keys signed it")
+    signature: str = Field(description="Ed25519 over the canonical form of the other fields, base64url")
+
+
+class AckRecord(Wire):
+    user: str
+    client_id: str
+    seq: int = Field(description="the cursor's position after the advance that first reached the asked seq")
+    acked_at: str = Field(description="when that advance was persisted, ISO 8601 UTC")
+
+
+class AckList(Wire):
+    """`GET /api/projects/{id}/acks?seq=N`: every client whose acks reached N, with when they first did."""
+
+    acks: list[AckRecord]
 
 
 class ErrorBody(Wire):
@@ -416,6 +465,11 @@ SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     AckResult,
     Cursor,
     CursorList,
+    ChainIntact,
+    ChainBroken,
+    Checkpoint,
+    AckRecord,
+    AckList,
     ErrorBody,
     AuthMessage,
     SubscribeMessage,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from . import auth, db, eventlog
+from . import auth, db, eventlog, state
 from .codes import CloseCode
 from .config import Settings
 from .connection import keep_alive
@@ -107,7 +107,12 @@ class Runtime:
 
     def start_background(self) -> None:
         heartbeat_s = self.settings.heartbeat_ms / 1000
-        for coro in (self.listener.run(), self.acks.run(), keep_alive(self.hub.clients, heartbeat_s)):
+        for coro in (
+            self.listener.run(),
+            self.acks.run(),
+            keep_alive(self.hub.clients, heartbeat_s),
+            state.keep_summaries(self.database.connection),
+        ):
             task = asyncio.create_task(coro)
             self.background.add(task)  # strong references: a collected task would silently stop
 

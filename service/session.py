@@ -492,8 +492,11 @@ class Session:
         parsed = self._parse(AckMessage, message)
         if parsed is None:
             return
-        if parsed.project_id not in self.subscribed:
-            pid = parsed.project_id
+        pid = parsed.project_id
+        if not self.principal.may("subscribe", pid):  # an `audit` token reads, but never acks
+            self._refuse(ErrorCode.FORBIDDEN, f"this token may not ack {pid!r}", pid)
+            return
+        if pid not in self.subscribed:
             self._refuse(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {pid!r} on this connection", pid)
             return
         ticket = self._ticket()

@@ -41,6 +41,9 @@ projects = Table(
     # The secret GitHub signs this project's deliveries with (its own hook URL, /webhooks/github/ID);
     # unset: deliveries come through the service-wide secret, if there is one.
     Column("webhook_secret", Text, nullable=True),
+    # The hash of the project's last event (audit.py): the append that takes the next seq under this
+    # row's lock chains from it without reading the log. 32 zero bytes for an empty log.
+    Column("last_hash", LargeBinary, nullable=False, server_default=text("'\\x" + "00" * 32 + "'::bytea")),
 )
 # GitHub compares repository names case-insensitively, and so do uniqueness and webhook routing.
 Index("projects_repo_key", func.lower(projects.c.repo), unique=True)
@@ -54,6 +57,8 @@ events = Table(
     Column("type", Text, nullable=False),
     Column("data", JSONB, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # SHA-256 over the previous event's hash and this event's canonical form (audit.py).
+    Column("hash", LargeBinary, nullable=False),
     PrimaryKeyConstraint("project_id", "seq", name="events_pkey"),
     UniqueConstraint("project_id", "message_id", name="events_message_id_key"),
 )
@@ -61,6 +66,34 @@ events = Table(
 # this keeps that an index scan of a few rows however long the log grows, at the cost of one index
 # entry per pull-request event only.
 Index("events_pr_notifications", events.c.project_id, events.c.seq, postgresql_where=text("type = 'pr_notification'"))
+
+# The history filters of the audit (eventlog.Filter). `since`/`until`: a BRIN index, a few bytes per range of
+# blocks, since events are appended in time order; appends barely pay for it. `subject`: one partial index
+# per kind of subject, ending in seq so that a page is an ordered scan that stops at its limit; an event is
+# in at most two of them (a pull request's sha and number), and only when it has the value.
+_PR_OR_VALIDATION = "type IN ('pr_notification', 'validation_update')"
+Index("events_created_at", events.c.created_at, postgresql_using="brin")
+Index(
+    "events_run_id",
+    events.c.project_id,
+    text("(data ->> 'runId')"),
+    events.c.seq,
+    postgresql_where=text("type = 'agent_run_progress'"),
+)
+Index(
+    "events_head_sha",
+    events.c.project_id,
+    text("(data ->> 'headSha')"),
+    events.c.seq,
+    postgresql_where=text(f"{_PR_OR_VALIDATION} AND (data ->> 'headSha') IS NOT NULL"),
+)
+Index(
+    "events_pr_number",
+    events.c.project_id,
+    text("coalesce(data ->> 'number', data ->> 'prNumber')"),
+    events.c.seq,
+    postgresql_where=text(f"{_PR_OR_VALIDATION} AND coalesce(data ->> 'number', data ->> 'prNumber') IS NOT NULL"),
+)
 
 # The latest event of each subject (an agent run, a pull request, a validation): the project state folded
 # from the log, kept current by the append statement itself (eventlog.py), so it commits with the event and
@@ -79,6 +112,33 @@ project_state = Table(
 # The most recently updated subjects of a type first, without sorting them all.
 Index("project_state_recent", project_state.c.project_id, project_state.c.type, project_state.c.seq)
 
+# The log summarized in stretches of 10,000 events (state.py), written in order from seq 1, off the hot path.
+# A stretch's time span lets a time-filtered read skip the stretches wholly outside its window
+# (eventlog.seq_ranges); the latest event of each subject within it lets the state at a seq be found by
+# walking back through the stretches instead of folding the whole log (state.read_at).
+log_stretches = Table(
+    "log_stretches",
+    metadata,
+    Column("project_id", Text, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("first_seq", BigInteger, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("first_at", DateTime(timezone=True), nullable=False),  # the earliest created_at in the stretch
+    Column("last_at", DateTime(timezone=True), nullable=False),  # the latest
+    PrimaryKeyConstraint("project_id", "last_seq", name="log_stretches_pkey"),
+)
+
+# One row per subject per stretch: its latest event within the stretch. An event is the latest of its
+# subject in at most one stretch, so (type, seq) is a key, and its order is the walk's: newest first.
+stretch_latest = Table(
+    "stretch_latest",
+    metadata,
+    Column("project_id", Text, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("type", Text, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("subject", LargeBinary, nullable=False),  # hashed as in project_state
+    PrimaryKeyConstraint("project_id", "type", "seq", name="stretch_latest_pkey"),
+)
+
 cursors = Table(
     "cursors",
     metadata,
@@ -88,6 +148,20 @@ cursors = Table(
     Column("seq", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("project_id", "user", "client_id", name="cursors_pkey"),
+)
+
+# Every advance of a cursor (cursors.py), written by the statement that moves it: who had acked how far, and
+# when. Append-only; an ack that does not move its cursor writes nothing. The index serves the ledger's one
+# question, "when did each client first reach seq N", as one probe per client (cursors.reached).
+ack_ledger = Table(
+    "ack_ledger",
+    metadata,
+    Column("project_id", Text, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("user", Text, nullable=False),
+    Column("client_id", Text, nullable=False),
+    Column("seq", BigInteger, nullable=False),  # the cursor after the advance
+    Column("acked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ack_ledger_client", "project_id", "user", "client_id", "seq"),
 )
 
 # GitHub deliveries (webhooks.py) that appended an event, keyed as GitHub names them. GitHub redelivers

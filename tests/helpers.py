@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -16,6 +17,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from service import audit
+from service.messages import format_timestamp
 from tests.conftest import RunningServer, timeout
 
 RUN = {"runId": "r1", "status": "running", "progress": 5}
@@ -116,6 +119,60 @@ async def publish(client: httpx.AsyncClient, pid: str, n: int = 1, **data: Any) 
 
 def seqs_of(events: list[dict[str, Any]]) -> list[int]:
     return [e["seq"] for e in events]
+
+
+# --- a long log, fast ----------------------------------------------------------------------------------
+
+
+def generated(g: int) -> tuple[str, dict[str, Any]]:
+    """Event g of a generated log: the three types in turn, over small sets of run ids (50), pull-request
+    numbers (40) and head shas (30); some validations without a prNumber or a headSha."""
+    kind = ("agent_run_progress", "pr_notification", "validation_update")[g % 3]
+    if kind == "agent_run_progress":
+        return kind, {"runId": f"run-{g % 50}", "status": "running", "progress": g % 101, "step": f"step {g % 7}"}
+    if kind == "pr_notification":
+        number = g % 40 + 1
+        pr = {"action": "synchronize", "number": number, "title": f"PR {number}", "repo": "octo/demo"}
+        return kind, {**pr, "url": f"https://github.com/octo/demo/pull/{number}", "headSha": f"sha-{g % 30}"}
+    data: dict[str, Any] = {"name": f"check {g % 3}", "status": "completed", "conclusion": "success"}
+    if g % 7:
+        data["prNumber"] = (g + 1) % 40 + 1
+    if g % 11:
+        data["headSha"] = f"sha-{(g + 2) % 30}"
+    return kind, data
+
+
+async def fill(
+    conn: Any, project_id: str, count: int, *, start: datetime, step_s: float = 1.0, disorder_s: float = 0.0
+) -> None:
+    """Append `count` generated events (`generated`) to an existing project straight into its tables, with
+    a valid hash chain, by COPY (100,000 in a few seconds). Event g is at `start` + g * `step_s`, except
+    every 997th, which is `disorder_s` earlier: created_at is the transaction's start, so a log's times
+    need not follow its seqs. The project state is not kept for them."""
+    row = await conn.fetchrow("SELECT head, last_hash FROM projects WHERE id = $1", project_id)
+    head, previous = row["head"], row["last_hash"]
+    records = []
+    for g in range(1, count + 1):
+        seq = head + g
+        kind, data = generated(g)
+        created = start + timedelta(seconds=g * step_s - (disorder_s if g % 997 == 0 else 0))
+        message_id = f"bulk-{seq}"
+        canonical = audit.canonical(
+            project_id=project_id,
+            seq=seq,
+            message_id=message_id,
+            type=kind,
+            timestamp=format_timestamp(created),
+            data=data,
+        )
+        previous = audit.link(previous, canonical)
+        records.append((project_id, seq, message_id, kind, orjson.dumps(data).decode(), created, previous))
+    await conn.copy_records_to_table(
+        "events", records=records, columns=["project_id", "seq", "message_id", "type", "data", "created_at", "hash"]
+    )
+    await conn.execute(
+        "UPDATE projects SET head = $2, last_hash = $3 WHERE id = $1", project_id, head + count, previous
+    )
 
 
 # --- SSE ---------------------------------------------------------------------------------------------

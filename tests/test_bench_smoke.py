@@ -136,3 +136,35 @@ def test_report_renders_tables_and_the_plot(pg_url: str, tmp_path: Path) -> None
     assert "prose" in text and "more prose" in text and "old" not in text
     assert "| herald | 5 |" in text and "| broadcast | 10 |" in text
     assert (tmp_path / "benchmarks-latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_audit_queries_measures_the_auditors_reads(pg_url: str, tmp_path: Path) -> None:
+    """bench/audit_queries.py: the direct fold, the stretches, read_at, history pages, appends, ack flushes."""
+    doc = bench(
+        "audit_queries.py", "--events", "20000", "--appends", "20", "--rounds", "1", pg_url=pg_url, results=tmp_path
+    )
+    run = doc["runs"][0]
+    assert run["summarize"]["stretches"] == 2 and run["summarize"]["rows"] > 0
+    assert set(run["historyWithStretches"]) == set(run["historyWithoutStretches"])
+    assert all(case["rows"] > 0 for name, case in run["historyWithStretches"].items() if "subject" not in name)
+    assert run["appends"]["medianUs"]["with"] > 0 and set(run["ackFlushes"]) == {"10", "100", "1000"}
+
+
+def test_audit_chain_runs_versions_side_by_side(pg_url: str, tmp_path: Path) -> None:
+    """bench/audit.py chain: every side of every round publishes into a contiguous log (this tree, twice
+    under two names: no `git archive` needed for the smoke)."""
+    doc = bench(
+        "audit.py", "chain", "--sides", "a=.,b=.", "--rounds", "1", "--cases", "ws:1", "--duration", "1",
+        pg_url=pg_url, results=tmp_path,
+    )  # fmt: skip
+    case = doc["runs"][0]["cases"]["ws:1"]
+    assert set(case) == {"a", "b"} and all(side["median"] > 0 for side in case.values())
+    assert case["a"]["costPercent"] == 0.0
+
+
+def test_audit_read_verifies_and_exports_a_long_log(pg_url: str, tmp_path: Path) -> None:
+    """bench/audit.py read: a seeded log verifies intact over HTTP and the CLI and exports every event."""
+    doc = bench("audit.py", "read", "--events", "3000", pg_url=pg_url, results=tmp_path)
+    run = doc["runs"][0]
+    assert run["verifyHttp"]["eventsPerS"] > 0 and run["verifyCli"]["eventsPerS"] > 0
+    assert run["export_ndjson"]["bytes"] > 0 and run["export_csv"]["bytes"] > 0

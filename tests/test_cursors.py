@@ -201,3 +201,64 @@ async def test_switching_between_websocket_and_sse_keeps_one_cursor(
     assert (await ws.subscribe("p"))["after"] == 5
     assert seqs_of(await ws.events("p", 1)) == [6]
     await ws.ws.close()
+
+
+# --- the ack ledger (docs/protocol.md §7.3) ------------------------------------------------------------------
+
+
+async def ledger(conn: asyncpg.Connection) -> list[tuple[str, str, int]]:
+    rows = await conn.fetch('SELECT "user", client_id, seq FROM ack_ledger ORDER BY acked_at, "user", client_id, seq')
+    return [(r["user"], r["client_id"], r["seq"]) for r in rows]
+
+
+async def test_the_ledger_records_each_advance_of_a_cursor_and_nothing_else(pool: asyncpg.Pool) -> None:
+    """Every write of a cursor (an HTTP ack, a flush of held acks) records a ledger row for each cursor it
+    created or moved, with the cursor's new seq; an ack that moves nothing, or is refused, records none."""
+    async with pool.acquire() as conn:
+        await eventlog.create_project(conn, id="a", name="A", repo=None)
+        for _ in range(9):
+            await eventlog.append(conn, project_id="a", type="agent_run_progress", data=RUN)
+        key: dict[str, Any] = {"project_id": "a", "user": "u", "client_id": "c"}
+        await cursors.advance(conn, **key, seq=0)
+        await cursors.advance(conn, **key, seq=3)
+        await cursors.advance(conn, **key, seq=2)
+        await cursors.advance(conn, **key, seq=3)
+        with pytest.raises(cursors.AckBeyondHead):
+            await cursors.advance(conn, **key, seq=10)
+        assert await ledger(conn) == [("u", "c", 0), ("u", "c", 3)]
+
+    acks = cursors.AckBuffer(pool.acquire)
+    acks.add(project_id="a", user="u", client_id="c", seq=1)  # behind its cursor: nothing moves
+    acks.add(project_id="a", user="u", client_id="d", seq=4)  # a new cursor
+    acks.add(project_id="a", user="v", client_id="c", seq=9)
+    await acks.flush()
+    acks.add(project_id="a", user="u", client_id="c", seq=6)
+    acks.add(project_id="a", user="u", client_id="d", seq=4)  # where it is
+    await acks.flush()
+    async with pool.acquire() as conn:
+        assert (await ledger(conn))[2:] == [("u", "d", 4), ("v", "c", 9), ("u", "c", 6)]
+        assert await cursors.get(conn, **key) == 6
+        reached = await cursors.reached(conn, "a", 4)
+        assert [(r.user, r.client_id, r.seq) for r in reached] == [("u", "d", 4), ("v", "c", 9), ("u", "c", 6)]
+        assert [(r.user, r.client_id, r.seq) for r in await cursors.reached(conn, "a", 7)] == [("v", "c", 9)]
+        first = (await cursors.reached(conn, "a", 2))[0]
+        assert (first.user, first.client_id, first.seq) == ("u", "c", 3)
+
+
+async def test_two_instances_flushing_one_cursor_at_once_record_each_advance_once(pool: asyncpg.Pool) -> None:
+    """Two flushes of the same cursor racing (one waits for the other's commit): the one that finds the
+    cursor already where it acks records nothing; the one that moves it further records that move."""
+    async with pool.acquire() as conn:
+        await eventlog.create_project(conn, id="a", name="A", repo=None)
+        for _ in range(9):
+            await eventlog.append(conn, project_id="a", type="agent_run_progress", data=RUN)
+        await cursors.advance(conn, project_id="a", user="u", client_id="c", seq=1)
+    for racing_seq, expected in ((5, [1, 5]), (7, [1, 5, 7])):
+        async with pool.acquire() as first, pool.acquire() as second:
+            async with first.transaction():
+                await cursors.advance_many(first, [("a", "u", "c", 5)])
+                waiting = asyncio.create_task(cursors.advance_many(second, [("a", "u", "c", racing_seq)]))
+                await asyncio.sleep(timeout(0.2))
+                assert not waiting.done()  # it waits for the cursor's lock
+            assert await waiting == {("a", "u", "c"): racing_seq}
+            assert [seq for _, _, seq in await ledger(first)] == expected

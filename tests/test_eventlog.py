@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 import asyncpg
+import orjson
 import pytest
 
-from service import db, eventlog
+from service import db, eventlog, state
 from service.db import DatabaseUnavailable
 
 from .conftest import timeout
+from .helpers import fill
 
 RUN = {"runId": "r1", "status": "running", "progress": 10}
 
@@ -199,9 +202,9 @@ async def test_read_page_orders_filters_and_pages(conn: asyncpg.Connection) -> N
     assert [e.seq for e in events] == [7, 6, 5] and nxt == 5
     events, nxt = await eventlog.read_page(conn, "a", after=2, before=7)
     assert [e.seq for e in events] == [3, 4, 5, 6] and nxt is None
-    events, nxt = await eventlog.read_page(conn, "a", type="validation_update", limit=3)
+    events, nxt = await eventlog.read_page(conn, "a", where=eventlog.Filter(type="validation_update"), limit=3)
     assert [e.seq for e in events] == [2, 4, 6] and nxt == 6
-    events, nxt = await eventlog.read_page(conn, "a", type="validation_update", after=6, limit=3)
+    events, nxt = await eventlog.read_page(conn, "a", where=eventlog.Filter(type="validation_update"), after=6, limit=3)
     assert [e.seq for e in events] == [8, 10] and nxt is None
 
 
@@ -425,3 +428,90 @@ async def test_appender_starts_a_flush_for_an_append_that_arrives_as_the_last_on
     second, new = await asyncio.wait_for(later[0], timeout(5))
     assert (second.seq, new) == (2, True)
     await appender.close()
+
+
+# --- history filters (docs/protocol.md §7.3) ------------------------------------------------------------------
+
+
+def wanted(event: eventlog.StoredEvent, where: eventlog.Filter) -> bool:
+    """The filters' definition, event by event (times on whole seconds here, so the millisecond cut of
+    `timestamp` does not matter)."""
+    data = orjson.loads(event.data)
+    if where.type is not None and event.type != where.type:
+        return False
+    if where.since is not None and event.created_at < where.since:
+        return False
+    if where.until is not None and event.created_at >= where.until:
+        return False
+    if where.subject is None:
+        return True
+    if event.type == "agent_run_progress":
+        return bool(data["runId"] == where.subject)
+    number = data.get("number" if event.type == "pr_notification" else "prNumber")
+    return where.subject in (data.get("headSha"), None if number is None else str(number))
+
+
+async def read_all(conn: asyncpg.Connection, where: eventlog.Filter, order: Literal["asc", "desc"]) -> list[int]:
+    """Every seq history answers for `where`, page after page by `next` (pages of 997)."""
+    got: list[int] = []
+    bound: dict[str, int] = {}
+    while True:
+        events, next_cursor = await eventlog.read_page(conn, "a", limit=997, where=where, order=order, **bound)
+        got += [e.seq for e in events]
+        if next_cursor is None:
+            return got
+        bound = {"after": next_cursor} if order == "asc" else {"before": next_cursor}
+
+
+async def test_history_filters_select_exactly_the_events_they_name_and_page(conn: asyncpg.Connection) -> None:
+    """On a summarized log of 25,000 events whose times go backwards now and then: every filter, and
+    their combinations, pages (asc and desc, by `next`) through exactly the events its definition
+    selects; time windows are read within the stretches that can hold them, not across the whole log."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    await make_projects(conn, "a", "b")
+    await fill(conn, "b", 2000, start=t0)
+    await fill(conn, "a", 25_000, start=t0, disorder_s=4000)
+    assert await state.summarize(conn, "a", upto=25_000) == 20_000
+    events = await eventlog.read_after(conn, "a", 0, 100_000)
+
+    def at(seconds: int) -> datetime:
+        return t0 + timedelta(seconds=seconds)
+
+    middle = eventlog.Filter(since=at(5000), until=at(8600))  # also holds events 9970, 10967, 11964
+    cases = [
+        eventlog.Filter(),
+        eventlog.Filter(type="pr_notification"),
+        middle,
+        eventlog.Filter(since=at(24_000)),
+        eventlog.Filter(until=at(1500)),
+        eventlog.Filter(since=at(9990), until=at(10_010)),  # across a stretch boundary
+        eventlog.Filter(since=at(21_000), until=at(22_000)),  # in the tail, after the last stretch
+        eventlog.Filter(since=at(30_000)),
+        eventlog.Filter(since=at(8000), until=at(7000)),
+        eventlog.Filter(subject="run-7"),
+        eventlog.Filter(subject="7"),  # pull request 7 and validations of it
+        eventlog.Filter(subject="sha-3"),  # pull requests and validations at that sha
+        eventlog.Filter(subject="7", type="validation_update"),
+        eventlog.Filter(subject="run-7", type="pr_notification"),
+        eventlog.Filter(subject="sha-3", since=at(12_000), until=at(15_000)),
+        eventlog.Filter(subject="nothing"),
+        eventlog.Filter(type="validation_update", since=at(3000), until=at(23_000)),
+    ]
+    for where in cases:
+        expected = [e.seq for e in events if wanted(e, where)]
+        assert await read_all(conn, where, "asc") == expected, where
+        assert await read_all(conn, where, "desc") == expected[::-1], where
+    assert {9970, 10_967, 11_964} <= {e.seq for e in events if wanted(e, middle)}  # displaced into it
+    # Stretch 1 is events 1-10,000 (times 0-9,999 s, and a few displaced earlier), stretch 2 is 10,001-20,000
+    # (times 6,967-20,000 s), and the tail after it is unsummarized: always searched.
+    ranges = {
+        (1500, None): ((0, None),),
+        (None, 1500): ((0, 10_000), (20_000, None)),
+        (12_000, 13_000): ((10_000, None),),
+        (24_000, None): ((20_000, None),),
+        (21_000, 22_000): ((20_000, None),),
+    }
+    for (since, until), expected_ranges in ranges.items():
+        window = eventlog.Filter(since=None if since is None else at(since), until=None if until is None else at(until))
+        assert await eventlog.seq_ranges(conn, "a", window) == expected_ranges, (since, until)
+    assert await eventlog.seq_ranges(conn, "a", eventlog.Filter(subject="7")) == eventlog.WHOLE_LOG

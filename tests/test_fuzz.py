@@ -412,7 +412,7 @@ def typed_object(payload: str | bytes) -> bool:
 REFUSALS: dict[str, set[ErrorCode]] = {
     "subscribe": {ErrorCode.INVALID_FRAME, ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND, ErrorCode.INVALID_CURSOR},
     "unsubscribe": {ErrorCode.INVALID_FRAME},
-    "ack": {ErrorCode.INVALID_FRAME, ErrorCode.NOT_SUBSCRIBED, ErrorCode.INVALID_ACK},
+    "ack": {ErrorCode.INVALID_FRAME, ErrorCode.FORBIDDEN, ErrorCode.NOT_SUBSCRIBED, ErrorCode.INVALID_ACK},
     "ping": {ErrorCode.INVALID_FRAME},
     "pong": {ErrorCode.INVALID_FRAME},
     **{t: {ErrorCode.INVALID_DATA, ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND} for t in EVENT_TYPES},

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from datetime import UTC, datetime
 
 import asyncpg
 import httpx
 
-from service import db
+from service import audit, db
+from service.messages import format_timestamp
 from tests.conftest import RunningServer, timeout
 from tests.helpers import create, open_client, publish, seqs_of
 
@@ -53,13 +56,25 @@ async def test_lost_notify_is_covered_by_the_safety_reread(
     await ws.subscribe("a")
     writer = await asyncpg.connect(db.asyncpg_dsn(database_url))
     try:
-        async with writer.transaction():
+        async with writer.transaction():  # an append as the log writes it, chain included, but no NOTIFY
             seq = await writer.fetchval("UPDATE projects SET head = head + 1 WHERE id = 'a' RETURNING head")
+            data, at = {"runId": "r", "status": "queued", "progress": 0}, datetime.now(UTC)
+            digest = audit.link(
+                audit.GENESIS,
+                audit.canonical(
+                    project_id="a", seq=seq, message_id="silent", type="agent_run_progress",
+                    timestamp=format_timestamp(at), data=data,
+                ),
+            )  # fmt: skip
             await writer.execute(
-                "INSERT INTO events (project_id, seq, message_id, type, data) VALUES ('a', $1, 'silent', "
-                '\'agent_run_progress\', \'{"runId":"r","status":"queued","progress":0}\')',
+                "INSERT INTO events (project_id, seq, message_id, type, data, created_at, hash) "
+                "VALUES ('a', $1, 'silent', 'agent_run_progress', $2::jsonb, $3, $4)",
                 seq,
+                json.dumps(data),
+                at,
+                digest,
             )
+            await writer.execute("UPDATE projects SET last_hash = $1 WHERE id = 'a'", digest)
     finally:
         await writer.close()
     got = await ws.events("a", 1, wait=timeout(2.0) + 2)

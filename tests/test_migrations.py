@@ -58,3 +58,27 @@ async def test_url_with_percent_in_password_reaches_alembic() -> None:
     assert config.attributes["url"] == "postgresql+asyncpg://u:p%40ss@localhost/db"
     assert db.asyncpg_dsn("postgres://u@h/d") == "postgresql://u@h/d"
     assert db.with_database("postgresql://postgres:@/x?host=/tmp/s", "y") == "postgresql://postgres:@/y?host=/tmp/s"
+
+
+async def test_cursors_enter_the_ack_ledger_when_it_is_created(empty_database_url: str) -> None:
+    """A database with cursors, upgraded to the ledger: each cursor is in it once, at its position, with
+    the time it was last written (the earliest the ledger can vouch for); the downgrade removes it."""
+    url = empty_database_url
+    await asyncio.to_thread(db.migrate, url, "0006")
+    conn = await asyncpg.connect(db.asyncpg_dsn(url))
+    try:
+        await conn.execute("INSERT INTO projects (id, name, head) VALUES ('p', 'p', 9)")
+        await conn.execute(
+            'INSERT INTO cursors (project_id, "user", client_id, seq, updated_at) VALUES '
+            "('p', 'u', 'a', 4, '2026-01-01T00:00:00Z'), ('p', 'u', 'b', 9, '2026-01-02T00:00:00Z')"
+        )
+        await asyncio.to_thread(db.migrate, url)
+        rows = await conn.fetch('SELECT client_id, l.seq, acked_at, updated_at FROM ack_ledger l JOIN cursors '
+                                'USING (project_id, "user", client_id) ORDER BY client_id')  # fmt: skip
+        assert [(r["client_id"], r["seq"]) for r in rows] == [("a", 4), ("b", 9)]
+        assert all(r["acked_at"] == r["updated_at"] for r in rows)
+        await asyncio.to_thread(db.downgrade, url, "0006")
+        assert "ack_ledger" not in await table_names(url)
+        assert await conn.fetchval("SELECT count(*) FROM cursors") == 2
+    finally:
+        await conn.close()

@@ -70,7 +70,7 @@ def sent(effects: list[Effect]) -> list[dict[str, Any]]:
 
 
 def stored(project_id: str, seq: int, message_id: str) -> StoredEvent:
-    return StoredEvent(project_id, seq, message_id, "agent_run_progress", json.dumps(RUN), datetime.now(UTC))
+    return StoredEvent(project_id, seq, message_id, "agent_run_progress", json.dumps(RUN), datetime.now(UTC), bytes(32))
 
 
 def subscribed(s: Session, project_id: str, head: int = 0) -> None:

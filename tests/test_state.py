@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from datetime import datetime
 from typing import Any
 
@@ -275,6 +276,7 @@ def stored(event: dict[str, Any]) -> StoredEvent:
         event["type"],
         orjson.dumps(event["data"]).decode(),
         datetime.fromisoformat(event["timestamp"]),
+        bytes.fromhex(event["hash"]),
     )
 
 
@@ -376,3 +378,103 @@ async def test_state_endpoint_shape_and_errors(server: RunningServer, client: ht
     openapi = (await client.get("/api/openapi.json")).json()
     assert "/api/projects/{project_id}/state" in openapi["paths"]
     assert "ProjectState" in json_schema()["$defs"]
+
+
+# --- the state at a seq (the audit's point-in-time state) ----------------------------------------------------
+
+
+async def append_stream(conn: asyncpg.Connection, project_id: str, stream: Stream, count: int) -> None:
+    """`count` events of `stream`, in batches (repeated messageIds append nothing)."""
+    appends = []
+    for _ in range(count):
+        kind, data, message_id = stream.event()
+        appends.append(eventlog.Append(project_id, kind, data, message_id))
+    for first in range(0, len(appends), 200):
+        await eventlog.append_many(conn, appends[first : first + 200])
+
+
+async def assert_read_at_is_fold(conn: asyncpg.Connection, project_id: str, ats: list[int]) -> None:
+    events = await whole_log(conn, project_id)
+    for at in ats:
+        for limit in (1, 3, 7, state.DEFAULT_LIMIT, state.MAX_LIMIT):
+            expected = state.fold(project_id, [e for e in events if e.seq <= at], limit=limit)
+            assert await state.read_at(conn, project_id, at, limit=limit) == expected, (at, limit)
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+async def test_state_at_a_seq_equals_the_fold_of_the_events_up_to_it(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """With stretches of 40 events and walk pages of 7 (so that the walk back crosses stretches and
+    pages): the state at N equals the fold of events 1..N for N at, around and between stretch
+    boundaries, for several limits; and again, for old and new N, after more events were appended."""
+    monkeypatch.setattr(state, "STRETCH", 40)
+    monkeypatch.setattr(state, "_WALK_PAGE", 7)
+    for pid in ("a", "b"):
+        await eventlog.create_project(conn, id=pid, name=pid, repo=None)
+    stream = Stream(seed, runs=30, prs=8)
+    await append_stream(conn, "a", stream, 400)
+    await append_stream(conn, "b", Stream(seed + 10), 100)  # another project's stretches never leak in
+    head = await eventlog.head(conn, "a")
+    assert head is not None and head > 300
+    await assert_read_at_is_fold(conn, "a", [0, 1, 2, 39, 40, 41, 79, 80, 200, 281, head - 1, head])
+    assert await conn.fetchval("SELECT max(last_seq) FROM log_stretches WHERE project_id = 'a'") == head // 40 * 40
+
+    await append_stream(conn, "a", stream, 300)
+    new_head = await eventlog.head(conn, "a")
+    assert new_head is not None and new_head > head
+    await assert_read_at_is_fold(conn, "a", [1, 41, head, head + 1, new_head - 39, new_head])
+    assert await state.read_at(conn, "a", new_head, limit=50) == await state.read(conn, "a", limit=50)
+
+
+async def test_stretches_are_written_in_order_once_and_skip_the_incomplete_one(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`summarize` writes each whole stretch once, from seq 1 on, each with its events' time span and
+    the latest event of each subject within it; the stretch still filling is left for later."""
+    monkeypatch.setattr(state, "STRETCH", 10)
+    await eventlog.create_project(conn, id="a", name="a", repo=None)
+    await append_stream(conn, "a", Stream(9, runs=3, prs=2), 25)
+    head = await eventlog.head(conn, "a")
+    assert head is not None and 20 <= head < 30
+    assert await state.summarize(conn, "a", upto=head) == 20
+    assert await state.summarize(conn, "a", upto=head) == 20  # nothing more to do
+    spans = await conn.fetch("SELECT * FROM log_stretches WHERE project_id = 'a' ORDER BY last_seq")
+    events = await whole_log(conn, "a")
+    for span, first in zip(spans, (1, 11), strict=True):
+        stretch = [e for e in events if first <= e.seq < first + 10]
+        assert (span["first_seq"], span["last_seq"]) == (first, first + 9)
+        assert (span["first_at"], span["last_at"]) == (
+            min(e.created_at for e in stretch),
+            max(e.created_at for e in stretch),
+        )
+        latest = await conn.fetch(
+            "SELECT seq FROM stretch_latest WHERE project_id = 'a' AND seq BETWEEN $1 AND $2 ORDER BY seq",
+            first,
+            first + 9,
+        )
+        folded = state.fold("a", stretch, limit=state.MAX_LIMIT)
+        items = folded.agent_runs + folded.pull_requests + folded.validations
+        assert [r["seq"] for r in latest] == sorted(e.seq for e in items)
+
+
+async def test_keep_summaries_catches_up_in_the_background(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The background task summarizes what every project's log has completed, and keeps doing it."""
+    monkeypatch.setattr(state, "STRETCH", 10)
+    pool = await db.create_pool(database_url, size=2, timeout=10)
+    database = db.Database(pool, timeout=10)
+    task = asyncio.create_task(state.keep_summaries(database.connection, interval_s=0.05))
+    try:
+        async with database.connection() as conn:
+            await eventlog.create_project(conn, id="a", name="a", repo=None)
+            await append_stream(conn, "a", Stream(3), 35)
+            head = await eventlog.head(conn, "a")
+            assert head is not None
+            deadline = time.monotonic() + timeout(10)
+            while await conn.fetchval("SELECT max(last_seq) FROM log_stretches") != head // 10 * 10:
+                assert time.monotonic() < deadline, "the stretches were not summarized"
+                await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await database.close()

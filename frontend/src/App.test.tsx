@@ -1,9 +1,10 @@
 // The dashboard in jsdom, on the real client and store with a fake socket and a fake HTTP service:
 // the auth gate (fragment, stored token, form, 401, expiry), a card fed by the snapshot and then
-// live events, and an action that shows as queued until the service answers `published`.
+// live events, an action that shows as queued until the service answers `published`, and the
+// project page's audit tools following the token's scopes.
 import { act, cleanup, fireEvent, render, screen, within } from '@testing-library/react';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { fakeHttp, fakeSockets, json } from '../tests/fakes';
+import { fakeHttp, fakeSockets, hashOf, json } from '../tests/fakes';
 import App from './App';
 import type { ProjectState } from './types/websocket';
 
@@ -23,6 +24,7 @@ const RUN = {
   seq: 1,
   messageId: 'm1',
   timestamp: new Date().toISOString(),
+  hash: hashOf(1),
   data: { runId: 'run-7', status: 'running', progress: 40, step: 'Compile', message: 'Build the app' },
 };
 
@@ -108,7 +110,7 @@ describe('the overview', () => {
     expect(indicator().textContent).toBe('Connected · via WebSocket');
     await vi.waitFor(() => expect(sockets.last.frames('subscribe')).toEqual([{ type: 'subscribe', projectId: 'web', after: 1 }]));
     act(() =>
-      sockets.last.receive({ ...RUN, seq: 2, messageId: 'm2', data: { ...RUN.data, status: 'succeeded', progress: 100, step: 'Done' } }),
+      sockets.last.receive({ ...RUN, seq: 2, messageId: 'm2', hash: hashOf(2), data: { ...RUN.data, status: 'succeeded', progress: 100, step: 'Done' } }),
     );
     expect(within(card).getByText('Build the app').closest('li')?.textContent).toMatch(/Succeeded.*100%.*Done/);
   });
@@ -138,5 +140,51 @@ describe('the overview', () => {
     const card = await screen.findByRole('article', { name: 'Web app' });
     await within(card).findByText('Build the app');
     expect(within(card).queryByRole('button', { name: /Cancel/ })).toBeNull();
+  });
+});
+
+describe('the project page', () => {
+  /** The service of `service()`, with the project's history and the audit reads. */
+  function auditedService(verify: () => Response) {
+    const { http } = service();
+    http.route((request) => {
+      switch (request.url.pathname) {
+        case '/api/projects/web/events':
+          return json(200, { events: [RUN], next: null });
+        case '/api/projects/web/audit/verify':
+          return verify();
+        case '/api/projects/web/cursors':
+          return json(200, { cursors: [] });
+        default:
+          return undefined;
+      }
+    });
+    window.history.replaceState(null, '', '/projects/web');
+  }
+
+  async function waitForRow(history: HTMLElement): Promise<void> {
+    await vi.waitFor(() => expect(history.querySelector('li.history-row[data-seq="1"]')).not.toBeNull());
+  }
+
+  it('shows an auditor the chain verified, the export and "seen by" on each event', async () => {
+    auditedService(() => json(200, { ok: true, head: 1, hash: hashOf(1) }));
+    localStorage.setItem('herald.token', token({ scopes: ['audit', 'subscribe'] }));
+    render(<App />);
+    expect(await screen.findByText('Chain verified through seq 1')).toBeDefined();
+    const history = screen.getByRole('region', { name: 'Event history' });
+    await within(history).findByRole('button', { name: 'Seen by #1' });
+    expect(within(history).getByRole('group', { name: 'Export the events shown' })).toBeDefined();
+    expect(screen.queryByRole('region', { name: 'Clients and lag' })).toBeNull(); // audit is not admin
+  });
+
+  it('tells a token without the audit scope, quietly, that it cannot verify, and offers no audit tools', async () => {
+    auditedService(() => json(403, { error: 'forbidden', message: 'this token lacks the audit scope' }));
+    localStorage.setItem('herald.token', token({ scopes: ['subscribe'] }));
+    render(<App />);
+    expect(await screen.findByText('Cannot verify the chain (needs the audit scope)')).toBeDefined();
+    const history = screen.getByRole('region', { name: 'Event history' });
+    await waitForRow(history);
+    expect(within(history).queryByRole('button', { name: /Seen by/ })).toBeNull();
+    expect(within(history).queryByRole('group', { name: 'Export the events shown' })).toBeNull();
   });
 });

@@ -115,7 +115,15 @@ function Shell({ token, claims, onUnauthorized, onSignOut }: ShellProps) {
 
   let page;
   if (route.page === 'project') {
-    page = <ProjectPage projectId={route.projectId} projects={projects} token={token} admin={hasScope(claims, 'admin')} />;
+    page = (
+      <ProjectPage
+        projectId={route.projectId}
+        projects={projects}
+        token={token}
+        admin={hasScope(claims, 'admin')}
+        auditor={hasScope(claims, 'audit')}
+      />
+    );
   } else if (route.page === 'overview') {
     page = <Overview projects={projects} error={error} />;
   } else {

@@ -23,6 +23,10 @@ describe('auth', () => {
     expect(readClaims(TOKEN)).toEqual({ user: 'mona', projects: ['web'], scopes: ['subscribe'], expiresAt: 2_000_000_000_000 });
     expect(hasScope(readClaims(TOKEN), 'publish')).toBe(false);
     expect(hasScope({ user: 'a', projects: '*', scopes: ['admin'], expiresAt: null }, 'publish')).toBe(true);
+    // admin implies audit (docs/protocol.md §7.3); audit implies nothing else.
+    expect(hasScope({ user: 'a', projects: '*', scopes: ['admin'], expiresAt: null }, 'audit')).toBe(true);
+    expect(hasScope({ user: 'a', projects: '*', scopes: ['audit'], expiresAt: null }, 'audit')).toBe(true);
+    expect(hasScope({ user: 'a', projects: '*', scopes: ['audit'], expiresAt: null }, 'admin')).toBe(false);
     expect(tokenProblem('abc')).toMatch(/does not look like/);
     expect(tokenProblem(TOKEN, 2_000_000_000_001)).toMatch(/expired/);
     expect(tokenProblem(TOKEN, 0)).toBeNull();

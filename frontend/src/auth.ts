@@ -79,7 +79,7 @@ export function readClaims(token: string): Claims | null {
 }
 
 /** Whether the claims grant a scope (`admin` implies the others, as on the service). */
-export function hasScope(claims: Claims | null, scope: 'subscribe' | 'publish' | 'admin'): boolean {
+export function hasScope(claims: Claims | null, scope: 'subscribe' | 'publish' | 'audit' | 'admin'): boolean {
   if (claims === null) return false;
   return claims.scopes.includes(scope) || claims.scopes.includes('admin');
 }

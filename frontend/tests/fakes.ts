@@ -127,6 +127,9 @@ export function fakePlatform(online = true) {
   };
 }
 
+/** A stand-in for an event's chain hash (64 lowercase hex, as on the wire), distinct per seq. */
+export const hashOf = (seq: number): string => seq.toString(16).padStart(64, '0');
+
 /** An agent_run_progress event of `projectId` at `seq` (a wire Event, and a WebSocketMessage). */
 export function event(projectId: string, seq: number): Event & { type: 'agent_run_progress'; data: AgentRunProgress } {
   return {
@@ -135,6 +138,7 @@ export function event(projectId: string, seq: number): Event & { type: 'agent_ru
     seq,
     messageId: `${projectId}-${seq}`,
     timestamp: '2026-01-01T00:00:00.000Z',
+    hash: hashOf(seq),
     data: { runId: 'r', status: 'running', progress: seq },
   };
 }
@@ -190,6 +194,7 @@ export const prEvent = (seq: number, number = 1): Event => ({
   seq,
   messageId: `m${seq}`,
   timestamp: 't',
+  hash: hashOf(seq),
   data: { action: 'opened', number, title: 't', url: 'u', repo: 'octo/demo', headSha: 'h' },
 });
 

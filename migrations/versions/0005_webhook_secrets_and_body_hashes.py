@@ -20,9 +20,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.add_column("projects", sa.Column("webhook_secret", sa.Text, nullable=True))
     op.add_column("webhook_deliveries", sa.Column("body_sha256", sa.LargeBinary, nullable=True))
-    op.create_index(
-        "webhook_deliveries_body", "webhook_deliveries", ["project_id", "body_sha256"], unique=True
-    )
+    op.create_index("webhook_deliveries_body", "webhook_deliveries", ["project_id", "body_sha256"], unique=True)
 
 
 def downgrade() -> None:

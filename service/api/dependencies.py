@@ -115,12 +115,14 @@ Auth = Annotated[Principal, Depends(_authenticated)]
 """The caller, from `Authorization: Bearer TOKEN` (401 without a valid one, 429 past its rate)."""
 
 
-def require(principal: Principal, scope: Scope, project_id: str) -> None:
-    """403 unless the token names the project and carries the scope; then 404 for an id that no
-    project can have (it is never looked up)."""
+def require(principal: Principal, scope: Scope | tuple[Scope, ...], project_id: str) -> None:
+    """403 unless the token names the project and carries the scope (or one of the scopes, when given
+    several); then 404 for an id that no project can have (it is never looked up)."""
     if not principal.names(project_id):
         raise ApiError(ErrorCode.FORBIDDEN, f"this token does not grant access to project {project_id!r}")
-    if not principal.has(scope):
-        raise ApiError(ErrorCode.FORBIDDEN, f"this token lacks the {scope!r} scope")
+    scopes = scope if isinstance(scope, tuple) else (scope,)
+    if not any(principal.has(s) for s in scopes):
+        wanted = " or ".join(repr(s) for s in scopes)
+        raise ApiError(ErrorCode.FORBIDDEN, f"this token lacks the {wanted} scope")
     if not is_project_id(project_id):
         raise project_missing(project_id)

@@ -8,14 +8,18 @@ Bodies are read and parsed here rather than by FastAPI so that size (413), synta
 
 from __future__ import annotations
 
+import csv
+import io
 import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -23,11 +27,12 @@ from starlette.routing import Match
 
 from .. import cursors, eventlog, state
 from ..codes import ErrorCode
-from ..db import ConnectionLost
+from ..db import ConnectionLost, Database
 from ..messages import (
     MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_SAFE_INTEGER,
+    AckList,
     AckRequest,
     AckResult,
     CursorList,
@@ -46,6 +51,7 @@ from ..messages import (
     PublishRequest,
     check,
     event_data,
+    format_timestamp,
 )
 from . import errors
 from .dependencies import AppenderDep, Auth, BatchGatesDep, DatabaseDep, MetricsDep, ReadinessDep, require
@@ -114,6 +120,57 @@ def same_project(body: PublishRequest, project_id: str, *, prefix: str = "") -> 
             f"{field}: {body.project_id!r} does not match the URL's project {project_id!r}",
             field=field,
         )
+
+
+def parse_time(value: str | None, field: str) -> datetime | None:
+    """An ISO 8601 time from a query (UTC when it names no offset), rounded up to the millisecond: the
+    bound on `created_at` that selects by the wire's `timestamp`, which is `created_at` cut to the
+    millisecond (eventlog.Filter). 422 `invalid_data` naming `field` when it is not a time."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        if moment.microsecond % 1000:
+            moment += timedelta(microseconds=1000 - moment.microsecond % 1000)
+        return moment
+    except (ValueError, OverflowError):
+        raise ApiError(
+            ErrorCode.INVALID_DATA,
+            f"{field}: expected an ISO 8601 time such as 2026-12-02T07:28:45.123Z, got {value!r}",
+            field=field,
+        ) from None
+
+
+async def _filters(
+    type: Annotated[EventType | None, Query(description="only events of this type")] = None,
+    since: Annotated[
+        str | None, Query(description="only events with timestamp >= since (ISO 8601; UTC without an offset)")
+    ] = None,
+    until: Annotated[str | None, Query(description="only events with timestamp < until (ISO 8601)")] = None,
+    subject: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            description="only events about this run id, pull-request number or head sha (data.runId, "
+            "data.number, data.prNumber, data.headSha)",
+        ),
+    ] = None,
+) -> eventlog.Filter:
+    if subject is not None and "\x00" in subject:
+        raise ApiError(ErrorCode.INVALID_DATA, "subject: must not contain U+0000", field="subject")
+    return eventlog.Filter(
+        type=type, since=parse_time(since, "since"), until=parse_time(until, "until"), subject=subject
+    )
+
+
+Filters = Annotated[eventlog.Filter, Depends(_filters)]
+"""The filters of history and export (docs/protocol.md §7.3), checked before anything else (422)."""
+
+After = Annotated[int, Query(ge=0, le=MAX_SAFE_INTEGER, description="only events with seq > after")]
+Before = Annotated[int | None, Query(ge=1, le=MAX_SAFE_INTEGER, description="only events with seq < before")]
 
 
 # --- routes ------------------------------------------------------------------------------------------
@@ -274,22 +331,111 @@ async def history(
     project_id: str,
     principal: Auth,
     database: DatabaseDep,
-    after: Annotated[int, Query(ge=0, le=MAX_SAFE_INTEGER, description="only events with seq > after")] = 0,
-    before: Annotated[int | None, Query(ge=1, le=MAX_SAFE_INTEGER, description="only events with seq < before")] = None,
+    where: Filters,
+    after: After = 0,
+    before: Before = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    type: Annotated[EventType | None, Query(description="only events of this type")] = None,
     order: Annotated[Literal["asc", "desc"], Query()] = "asc",
 ) -> Response:
-    """A page of the log (subscribe). `next` is the after (asc) or before (desc) of the next page."""
-    require(principal, "subscribe", project_id)
+    """A page of the log (subscribe or audit). `next` is the after (asc) or before (desc) of the next
+    page; with the same filters, the next page continues the same selection."""
+    require(principal, ("subscribe", "audit"), project_id)
     async with database.connection() as conn:
         if await eventlog.head(conn, project_id) is None:
             raise project_missing(project_id)
         events, next_cursor = await eventlog.read_page(
-            conn, project_id, after=after, before=before, limit=limit, type=type, order=order
+            conn, project_id, after=after, before=before, limit=limit, where=where, order=order
         )
     body = b'{"events":[' + b",".join(e.encode() for e in events) + b'],"next":' + orjson.dumps(next_cursor) + b"}"
     return Response(body, media_type=JSON)
+
+
+EXPORT_PAGE = 1000  # events read per query of an export, each only when the previous ones have been sent
+CSV_COLUMNS = ("seq", "timestamp", "type", "messageId", "hash", "data")
+EXPORT_TYPES = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+
+
+def csv_rows(events: Sequence[eventlog.StoredEvent], *, header: bool = False) -> bytes:
+    """Events as CSV lines (RFC 4180, as Python's csv module writes them): `data` is the event's JSON,
+    `hash` its chain hash in lowercase hex, as on the wire."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    if header:
+        writer.writerow(CSV_COLUMNS)
+    for e in events:
+        writer.writerow((e.seq, format_timestamp(e.created_at), e.type, e.message_id, e.hash.hex(), e.data))
+    return out.getvalue().encode()
+
+
+async def export_body(
+    database: Database,
+    project_id: str,
+    *,
+    after: int,
+    before: int,
+    where: eventlog.Filter,
+    ranges: Sequence[eventlog.SeqRange],
+    format: Literal["ndjson", "csv"],
+) -> AsyncIterator[bytes]:
+    """The export's body, a page of events at a time. The next page is read (on a pooled connection
+    taken for that one query) only once the response has taken the previous one: the server sends
+    while the client reads, and holds one page at most, however slowly the client downloads."""
+    if format == "csv":
+        yield csv_rows([], header=True)
+    while True:
+        async with database.connection() as conn:
+            events, next_cursor = await eventlog.read_page(
+                conn, project_id, after=after, before=before, limit=EXPORT_PAGE, where=where, ranges=ranges
+            )
+        if events:
+            yield b"".join(e.encode() + b"\n" for e in events) if format == "ndjson" else csv_rows(events)
+        if next_cursor is None:
+            return
+        after = next_cursor
+
+
+EXPORT_CONTENT = {
+    "description": "every matching event: ndjson, one event's JSON per line; or CSV with a header row",
+    "content": {media: {"schema": {"type": "string"}} for media in EXPORT_TYPES.values()},
+}
+
+
+@router.get(
+    "/api/projects/{project_id}/export",
+    responses={**ERRORS, 200: EXPORT_CONTENT},
+    response_class=Response,
+    tags=["audit"],
+)
+async def export(
+    project_id: str,
+    principal: Auth,
+    database: DatabaseDep,
+    where: Filters,
+    after: After = 0,
+    before: Before = None,
+    format: Annotated[Literal["ndjson", "csv"], Query(description="ndjson (the default) or csv")] = "ndjson",
+) -> Response:
+    """Every event that history would answer for these filters, in seq order, without a page limit
+    (audit): the log as it was when the export began (up to its head then), streamed as it is read."""
+    require(principal, "audit", project_id)
+    async with database.connection() as conn:
+        head = await eventlog.head(conn, project_id)
+        if head is None:
+            raise project_missing(project_id)
+        ranges = await eventlog.seq_ranges(conn, project_id, where)
+    body = export_body(
+        database,
+        project_id,
+        after=after,
+        before=head + 1 if before is None else min(before, head + 1),
+        where=where,
+        ranges=ranges,
+        format=format,
+    )
+    filename = f"{project_id}-events.{format}"
+    return StreamingResponse(
+        body, media_type=EXPORT_TYPES[format], headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+    )
 
 
 @router.get("/api/projects/{project_id}/state", response_model=ProjectState, responses=ERRORS, tags=["events"])
@@ -298,14 +444,46 @@ async def project_state(
     principal: Auth,
     database: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=state.MAX_LIMIT, description="items per list")] = state.DEFAULT_LIMIT,
+    at: Annotated[
+        int | None, Query(ge=0, le=MAX_SAFE_INTEGER, description="the state as of this seq (audit); at most the head")
+    ] = None,
 ) -> Response:
-    """The project's state folded from the log, as of `seq` (subscribe). Subscribe with after = seq."""
-    require(principal, "subscribe", project_id)
+    """The project's state folded from the log, as of `seq` (subscribe or audit). Subscribe with after =
+    seq. With `at` (audit), the state as of that seq: the fold of the events up to it."""
+    require(principal, ("subscribe", "audit") if at is None else "audit", project_id)
     async with database.connection() as conn:
-        snapshot = await state.read(conn, project_id, limit=limit)
+        if at is None:
+            snapshot = await state.read(conn, project_id, limit=limit)
+        else:
+            head = await eventlog.head(conn, project_id)
+            if head is None:
+                raise project_missing(project_id)
+            if at > head:
+                raise ApiError(ErrorCode.INVALID_DATA, f"at: {at} is beyond the project's head {head}", field="at")
+            snapshot = await state.read_at(conn, project_id, at, limit=limit)
     if snapshot is None:
         raise project_missing(project_id)
     return Response(snapshot.encode(), media_type=JSON)
+
+
+@router.get("/api/projects/{project_id}/acks", response_model=AckList, responses=ERRORS, tags=["audit"])
+async def ack_ledger(
+    project_id: str,
+    principal: Auth,
+    database: DatabaseDep,
+    seq: Annotated[int, Query(ge=0, le=MAX_SAFE_INTEGER, description="the seq asked about; at most the head")],
+) -> Response:
+    """Every client whose acks reached `seq` or beyond, with the advance of its cursor that first did
+    (audit), in the order they got there."""
+    require(principal, "audit", project_id)
+    async with database.connection() as conn:
+        head = await eventlog.head(conn, project_id)
+        if head is None:
+            raise project_missing(project_id)
+        if seq > head:
+            raise ApiError(ErrorCode.INVALID_DATA, f"seq: {seq} is beyond the project's head {head}", field="seq")
+        rows = await cursors.reached(conn, project_id, seq)
+    return json_response({"acks": [r.to_dict() for r in rows]})
 
 
 @router.get("/api/projects/{project_id}/cursors", response_model=CursorList, responses=ERRORS, tags=["cursors"])

@@ -2,7 +2,7 @@
 // replays, folds to the server's fold), snapshot + live = the fold of the whole log, the store's
 // load/subscribe/unload cycle, unread counts, and the selectors. react.test.tsx covers the hooks.
 import { describe, expect, it, vi } from 'vitest';
-import { fakeProjectSource, prEvent, projectState } from '../../tests/fakes';
+import { fakeProjectSource, hashOf, prEvent, projectState } from '../../tests/fakes';
 import { HeraldError } from '../services/errors';
 import { memoryStorage } from '../services/platform';
 import type { Event, ProjectState, WebSocketMessage } from '../types/websocket';
@@ -36,7 +36,7 @@ function randomLog(projectId: string, length: number, random: () => number): Eve
   const pick = <T,>(items: readonly T[]) => items[Math.floor(random() * items.length)];
   return Array.from({ length }, (_, i): Event => {
     const seq = i + 1;
-    const base = { projectId, seq, messageId: `m${seq}`, timestamp: '2026-01-01T00:00:00.000Z' };
+    const base = { projectId, seq, messageId: `m${seq}`, timestamp: '2026-01-01T00:00:00.000Z', hash: hashOf(seq) };
     const kind = pick(['run', 'pr', 'validation'] as const);
     if (kind === 'run') {
       const status = pick(['queued', 'running', 'succeeded', 'failed', 'cancelled']);
@@ -135,6 +135,7 @@ describe('the fold', () => {
       seq,
       messageId: `m${seq}`,
       timestamp: 't',
+      hash: hashOf(seq),
       data: { runId: 'r', status, progress: 1 },
     });
     const first = applyEvent(emptyProject('p', 50), run(2, 'succeeded'));
@@ -235,6 +236,7 @@ describe('selectors', () => {
       seq,
       messageId: `m${seq}`,
       timestamp: 't',
+      hash: hashOf(seq),
       data,
     });
     const log = [

@@ -1,9 +1,27 @@
 // Generated from service/messages.py by frontend/scripts/gen-types.mjs. Do not edit: run `npm run gen:types`.
 
+/**
+ * `GET /api/projects/{id}/acks?seq=N`: every client whose acks reached N, with when they first did.
+ */
+export interface AckList {
+  acks: AckRecord[];
+}
 export interface AckMessage {
   type: 'ack';
   projectId: string;
   seq: number;
+}
+export interface AckRecord {
+  user: string;
+  clientId: string;
+  /**
+   * the cursor's position after the advance that first reached the asked seq
+   */
+  seq: number;
+  /**
+   * when that advance was persisted, ISO 8601 UTC
+   */
+  ackedAt: string;
 }
 export interface AckRequest {
   clientId: string;
@@ -34,6 +52,52 @@ export interface BatchItem {
   seq: number;
   messageId: string;
   created: boolean;
+}
+/**
+ * `GET /api/projects/{id}/audit/verify` when a stored event was changed, deleted or reordered.
+ */
+export interface ChainBroken {
+  ok: false;
+  /**
+   * the first seq whose event does not continue the chain
+   */
+  firstBad: number;
+  reason: string;
+}
+/**
+ * `GET /api/projects/{id}/audit/verify` when every stored event matches the chain.
+ */
+export interface ChainIntact {
+  ok: true;
+  /**
+   * the last seq verified (the project's head)
+   */
+  head: number;
+  /**
+   * the chain's hash at head; 64 zeros for an empty log
+   */
+  hash: string;
+}
+/**
+ * A signed receipt of the chain at `seq` (`herald audit checkpoint ID`), to be kept outside the
+ * database: `herald audit verify ID --checkpoint FILE` proves the log still matches it.
+ */
+export interface Checkpoint {
+  projectId: string;
+  seq: number;
+  hash: string;
+  /**
+   * when it was taken, ISO 8601 UTC
+   */
+  at: string;
+  /**
+   * which of the service's keys signed it
+   */
+  keyId: string;
+  /**
+   * Ed25519 over the canonical form of the other fields, base64url
+   */
+  signature: string;
 }
 export type ClientMessage =
   AuthMessage | SubscribeMessage | UnsubscribeMessage | AckMessage | PingMessage | PongMessage | PublishMessage;
@@ -83,6 +147,10 @@ export interface Event {
   data: {
     [k: string]: unknown;
   };
+  /**
+   * SHA-256 chaining the project's log: covers the previous event's hash and this event's canonical form (docs/protocol.md, Audit)
+   */
+  hash: string;
 }
 export interface EventPage {
   events: Event[];

@@ -1,18 +1,21 @@
-// The project's event log, newest first, a page at a time, filtered by type. On the newest page,
-// events that arrive live are added at the top as they come.
+// The project's event log, newest first, a page at a time, filtered by type, time and subject. On
+// the newest page, events that arrive live (and that the filters take) are added at the top as they
+// come. With the audit scope: the export of what the filters match, and who has seen each event.
 import { useContext, useEffect, useState } from 'react';
-import { readPage } from '../../api';
+import { NO_FILTER, readPage, type EventFilter } from '../../api';
 import { HeraldContext } from '../../hooks/useWebSocket';
-import type { Event, EventPage, EventType } from '../../types/websocket';
+import type { Event, EventPage } from '../../types/websocket';
 import { EmptyState } from '../EmptyState';
 import { ExternalLink } from '../ExternalLink';
 import { RelativeTime } from '../RelativeTime';
 import { StatusBadge } from '../dashboard/status';
 import { TYPE_NAMES, describeEvent } from './describe';
+import { ExportButton } from './ExportButton';
+import { HistoryFilters } from './HistoryFilters';
+import { narrowed, takesLive } from './filters';
+import { SeenBy } from './SeenBy';
 
 export const PAGE_SIZE = 25;
-
-const TYPES = Object.keys(TYPE_NAMES) as EventType[];
 
 interface Loaded {
   key: string;
@@ -20,7 +23,14 @@ interface Loaded {
   error: string | null;
 }
 
-function Row({ event }: { event: Event }) {
+interface HistoryProps {
+  projectId: string;
+  token: string;
+  /** The token has the audit scope: offer the export and "seen by". */
+  auditor: boolean;
+}
+
+function Row({ event, seenBy }: { event: Event; seenBy: { projectId: string; token: string } | null }) {
   const line = describeEvent(event);
   return (
     <li className="history-row" data-seq={event.seq} data-type={event.type}>
@@ -32,13 +42,14 @@ function Row({ event }: { event: Event }) {
         {line.detail !== '' && <span className="muted"> · {line.detail}</span>}
       </span>
       <RelativeTime iso={event.timestamp} className="time history-time" />
+      {seenBy !== null && <SeenBy projectId={seenBy.projectId} seq={event.seq} token={seenBy.token} />}
     </li>
   );
 }
 
-export function History({ projectId, token }: { projectId: string; token: string }) {
+export function History({ projectId, token, auditor }: HistoryProps) {
   const client = useContext(HeraldContext);
-  const [type, setType] = useState<EventType | null>(null);
+  const [filter, setFilter] = useState<EventFilter>(NO_FILTER);
   /** The `before` of each page seen, newest first: the last one is the page shown (null: the newest). */
   const [pages, setPages] = useState<(number | null)[]>([null]);
   const [loaded, setLoaded] = useState<Loaded>({ key: '', page: null, error: null });
@@ -47,27 +58,27 @@ export function History({ projectId, token }: { projectId: string; token: string
   const [attempt, setAttempt] = useState(0);
 
   const before = pages[pages.length - 1];
-  const key = `${projectId}|${type ?? ''}|${before ?? ''}|${attempt}`;
+  const key = `${projectId}|${JSON.stringify(filter)}|${before ?? ''}|${attempt}`;
 
   useEffect(() => {
     const controller = new AbortController();
-    readPage({ projectId, before, limit: PAGE_SIZE, type }, { token, signal: controller.signal }).then(
+    readPage({ projectId, before, limit: PAGE_SIZE, ...filter }, { token, signal: controller.signal }).then(
       (page) => setLoaded({ key, page, error: null }),
       (error: unknown) => {
         if (!controller.signal.aborted) setLoaded({ key, page: null, error: error instanceof Error ? error.message : String(error) });
       },
     );
     return () => controller.abort();
-  }, [projectId, before, type, token, key]);
+  }, [projectId, before, filter, token, key]);
 
   useEffect(() => {
     if (client === null || before !== null) return undefined;
     return client.on('message', (message) => {
-      if (message.projectId !== projectId || (type !== null && message.type !== type)) return;
       const event = message as unknown as Event;
+      if (message.projectId !== projectId || !takesLive(filter, event)) return;
       setLive((current) => ({ key, events: [event, ...(current.key === key ? current.events : [])].slice(0, PAGE_SIZE) }));
     });
-  }, [client, projectId, type, before, key]);
+  }, [client, projectId, filter, before, key]);
 
   const page = loaded.key === key ? loaded.page : null;
   const error = loaded.key === key ? loaded.error : null;
@@ -83,27 +94,24 @@ export function History({ projectId, token }: { projectId: string; token: string
     if (merged.length > PAGE_SIZE) next = events[events.length - 1].seq;
   }
 
-  const choose = (value: string) => {
-    setType(value === '' ? null : (value as EventType));
+  const choose = (chosen: EventFilter) => {
+    setFilter(chosen);
     setPages([null]);
   };
+  const { type } = filter;
+  const nothing = narrowed(filter)
+    ? 'No events match these filters'
+    : type === null
+      ? 'No events yet'
+      : `No ${TYPE_NAMES[type].toLowerCase()} events`;
 
   return (
     <section className="panel history" aria-labelledby="history-title">
       <header className="panel-head">
         <h2 id="history-title">Event history</h2>
-        <label className="filter">
-          <span>Type</span>
-          <select value={type ?? ''} onChange={(event) => choose(event.target.value)}>
-            <option value="">All events</option>
-            {TYPES.map((each) => (
-              <option key={each} value={each}>
-                {TYPE_NAMES[each]}
-              </option>
-            ))}
-          </select>
-        </label>
+        {auditor && <ExportButton projectId={projectId} token={token} filter={filter} />}
       </header>
+      <HistoryFilters filter={filter} onChange={choose} />
       {error !== null ? (
         <div className="panel-note tone-failure" role="alert">
           Could not read the history: {error}{' '}
@@ -114,11 +122,11 @@ export function History({ projectId, token }: { projectId: string; token: string
       ) : page === null ? (
         <p className="panel-note">Loading…</p>
       ) : events.length === 0 ? (
-        <EmptyState title={type === null ? 'No events yet' : `No ${TYPE_NAMES[type].toLowerCase()} events`} />
+        <EmptyState title={nothing} />
       ) : (
         <ol className="history-list" aria-label="Events, newest first">
           {events.map((event) => (
-            <Row key={event.seq} event={event} />
+            <Row key={event.seq} event={event} seenBy={auditor ? { projectId, token } : null} />
           ))}
         </ol>
       )}

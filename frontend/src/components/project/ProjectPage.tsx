@@ -1,5 +1,5 @@
-// One project: its live state in full, its event history, and (admin) every client's cursor and
-// lag. Looking at the page marks its notifications read.
+// One project: its live state in full, whether its log's hash chain holds, its event history, and
+// (admin) every client's cursor and lag. Looking at the page marks its notifications read.
 import { useContext, useEffect } from 'react';
 import type { ProjectInfo } from '../../api';
 import { HeraldContext } from '../../hooks/useWebSocket';
@@ -9,6 +9,7 @@ import { ErrorBoundary } from '../ErrorBoundary';
 import { Icon } from '../Icon';
 import { Link } from '../Link';
 import { ProjectCard } from '../dashboard/ProjectCard';
+import { ChainBadge } from './ChainBadge';
 import { CursorTable } from './CursorTable';
 import { History } from './History';
 
@@ -18,6 +19,8 @@ interface ProjectPageProps {
   projects: ProjectInfo[] | null;
   token: string;
   admin: boolean;
+  /** The token has the audit scope (admin implies it): the export and the ack ledger. */
+  auditor: boolean;
 }
 
 function MarkReadWhileOpen({ projectId }: { projectId: string }) {
@@ -30,7 +33,7 @@ function MarkReadWhileOpen({ projectId }: { projectId: string }) {
   return null;
 }
 
-export function ProjectPage({ projectId, projects, token, admin }: ProjectPageProps) {
+export function ProjectPage({ projectId, projects, token, admin, auditor }: ProjectPageProps) {
   const client = useContext(HeraldContext);
   const info = projects?.find((project) => project.id === projectId);
   if (projects === null) return <p className="page-note">Loading…</p>;
@@ -49,6 +52,9 @@ export function ProjectPage({ projectId, projects, token, admin }: ProjectPagePr
           <Icon name="arrowLeft" />
           All projects
         </Link>
+        <ErrorBoundary what="the chain check">
+          <ChainBadge projectId={projectId} token={token} />
+        </ErrorBoundary>
       </div>
       <div className="project-grid">
         <ErrorBoundary what={`the ${info.name} card`}>
@@ -56,7 +62,7 @@ export function ProjectPage({ projectId, projects, token, admin }: ProjectPagePr
         </ErrorBoundary>
         <div className="project-side">
           <ErrorBoundary what="the event history">
-            <History projectId={projectId} token={token} />
+            <History projectId={projectId} token={token} auditor={auditor} />
           </ErrorBoundary>
           {admin && (
             <ErrorBoundary what="the cursors">
