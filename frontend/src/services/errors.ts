@@ -1,14 +1,14 @@
+import type { ErrorCode } from '../types/codes';
 import type { ErrorBody } from '../types/websocket';
 
 /**
  * A read below the oldest event the service keeps (docs/protocol.md §7.4): an `error` frame over the
- * socket, `event: error` over SSE, 410 over HTTP, each with `oldest` and `stateSeq`. The service's
- * codes.py does not name it yet, so codes.ts (generated) does not either: this constant stands in
- * until it does.
+ * socket, `event: error` over SSE, 410 over HTTP, each with `oldest` and `stateSeq`. Named here, and
+ * checked against codes.ts's generated list, because the client acts on it.
  */
-export const HISTORY_TRUNCATED = 'history_truncated';
+export const HISTORY_TRUNCATED = 'history_truncated' satisfies ErrorCode;
 /** A position beyond the project's head: the log is not the one the client read (a reset, a restore). */
-export const INVALID_CURSOR = 'invalid_cursor';
+export const INVALID_CURSOR = 'invalid_cursor' satisfies ErrorCode;
 
 /** What a `history_truncated` answer says besides its code: the oldest seq kept, and the state's seq. */
 export interface Truncation {
