@@ -339,3 +339,38 @@ async def test_a_prune_overtaking_a_catch_up_ends_it(client: httpx.AsyncClient, 
         assert transport.sent[-1] is last  # nothing after it
         paused.close(1000, "done")
         await paused.writer
+
+
+async def test_a_prune_past_what_the_process_delivered_ends_live_subscriptions(
+    client: httpx.AsyncClient, server: RunningServer
+) -> None:
+    """A live subscriber at the feed's `delivered`, when events were appended and then pruned before
+    the feed read them (here: a hub with no listener, woken by hand): the pump's read notices the
+    watermark and ends the subscription with the error frame instead of delivering a gap."""
+    await create(client, "live")
+    await publish(client, "live", 5)
+    async with hub_on(server.settings.database_url) as hub:
+        transport = PausedTransport()
+        transport.gate.set()
+        principal = Principal(user="alice", projects=None, scopes=frozenset({"admin"}), expires_at=2e9)
+        reader = Client(transport, principal, "reader", Outbox(1024 * 1024))
+        hub.add_client(reader)
+        sub = hub.connect(reader, "live", after=5, head=5)
+        reader.writer = asyncio.create_task(reader.write())
+        await wait_until(lambda: sub.live, 5, "the subscription to go live")
+        await publish(client, "live", 55)  # this hub hears nothing of them
+        await prune(server.settings.database_url, "live", 40)
+        hub.wake("live")
+        await wait_until(lambda: bool(transport.sent), 5, "the error frame")
+        (frame,) = transport.sent
+        assert isinstance(frame, str)
+        assert refusal(orjson.loads(frame), oldest=40) == {
+            "type": "error",
+            "code": "history_truncated",
+            "ref": "live",
+            "oldest": 40,
+            "stateSeq": 60,
+        }
+        assert "live" not in reader.subscriptions and hub.projects() == []
+        reader.close(1000, "done")
+        await reader.writer
