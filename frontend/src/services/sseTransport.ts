@@ -334,9 +334,9 @@ class SseTransport implements Transport {
   /**
    * The stream was refused before it started. 401: the token (terminal, 4401). 403, 404, 410, 422:
    * one of the projects (not granted, missing, a position below what is kept or beyond its head):
-   * each is asked alone, the
-   * ones refused get the `error` frame the socket would send (ref = projectId) and leave the
-   * stream, which reopens without them. Anything else ends the transport (retry).
+   * each is asked alone, the ones refused get the `error` frame the socket would send (ref =
+   * projectId) and leave the stream, which reopens without them. Anything else ends the transport
+   * (retry).
    */
   private async refused(response: Response, ids: string[], controller: AbortController): Promise<void> {
     const error = await errorOf(response);

@@ -1,6 +1,7 @@
 // @vitest-environment node
 // The subscriptions against a fake socket, a fake history and fake timers: reference counts,
-// resuming from each project's position, order, dedupe, gaps filled from the history, and acks.
+// resuming from each project's position, order, dedupe, gaps filled from the history, acks, and
+// the parked subscription of a position the service will not resume from.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { connectedClient, event, settle, socketClient } from '../../tests/fakes';
 
@@ -230,7 +231,9 @@ describe('acks', () => {
     fake.last.receive({ type: 'subscribed', projectId: 'p1', after: 1, head: 1 });
     expect(fake.last.frames('ack')).toEqual([{ type: 'ack', projectId: 'p1', seq: 1 }]);
   });
+});
 
+describe('positions the service will not resume from', () => {
   it('parks a subscription refused as history_truncated: told once, asked no more across reconnects, resumed by resubscribe', () => {
     const { client, fake, seqs } = connectedClient();
     const resyncs: unknown[] = [];
