@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from .db import BUSY_ERRORS, UNAVAILABLE_ERRORS
-from .eventlog import ProjectNotFound
+from .eventlog import HistoryTruncated, ProjectNotFound, truncated
 from .eventlog import head as project_head
 from .messages import format_timestamp
 
@@ -36,22 +36,27 @@ class PositionBeyondHead(Exception):
         self.head = head
 
 
-def resume_point(*, after: int | None, cursor: int | None, head: int) -> int:
+def resume_point(*, after: int | None, cursor: int | None, head: int, oldest: int = 1) -> int:
     """Where a subscription starts: the seq after which its events follow (docs/protocol.md §4, §5).
 
     After the position the client asked for (`after`, or SSE's `Last-Event-ID`), which may not be
     beyond the head (PositionBeyondHead); else after the client's durable cursor (capped at the head,
     a guard: acks are checked against the head, so only a log restored from an older backup could be
     behind its cursors); else at the head, so that a client with no position and no cursor gets new
-    events only.
+    events only. A start below the oldest event the log keeps (`oldest`, the low watermark) would skip
+    pruned events: it raises eventlog.HistoryTruncated instead, whichever way it was chosen (§7.4).
     """
     if after is not None:
         if after > head:
             raise PositionBeyondHead(after, head)
-        return after
-    if cursor is not None:
-        return min(cursor, head)
-    return head
+        start = after
+    elif cursor is not None:
+        start = min(cursor, head)
+    else:
+        start = head
+    if truncated(start, oldest):
+        raise HistoryTruncated(start, oldest, head)
+    return start
 
 
 class AckBeyondHead(Exception):

@@ -142,6 +142,43 @@ async def head(conn: asyncpg.Connection, project_id: str) -> int | None:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """What a project's log holds: the seqs `oldest` to `head` (none when oldest > head). `oldest` is
+    the low watermark: 1 until events are pruned, then the oldest seq kept."""
+
+    oldest: int
+    head: int
+
+
+async def bounds(conn: asyncpg.Connection, project_id: str) -> Bounds | None:
+    """The project's oldest kept seq and head, read together (one row, one snapshot); None when there is
+    no such project."""
+    row = await conn.fetchrow("SELECT oldest, head FROM projects WHERE id = $1", project_id)
+    return None if row is None else Bounds(row["oldest"], row["head"])
+
+
+def truncated(after: int, oldest: int) -> bool:
+    """Whether a read of the events after `after` would miss some that were pruned: the one rule of
+    `history_truncated` (docs/protocol.md §7.4). Starting right before the oldest kept event
+    (after = oldest - 1) misses nothing; with oldest 1 nothing is ever truncated."""
+    return after < oldest - 1
+
+
+class HistoryTruncated(Exception):
+    """A read would start below the oldest event the log keeps (`truncated`). The client reloads the
+    project's state (which is at `head` when this was answered) and resumes after its seq."""
+
+    def __init__(self, after: int, oldest: int, head: int) -> None:
+        super().__init__(
+            f"the events after {after} are no longer kept (the oldest kept is {oldest}): "
+            f"reload the project's state (it is at seq {head}) and resume after its seq"
+        )
+        self.after = after
+        self.oldest = oldest
+        self.head = head
+
+
 async def heads(conn: asyncpg.Connection, project_ids: Sequence[str]) -> dict[str, int]:
     """The latest seq of each of these projects that exists, in one query."""
     rows = await conn.fetch("SELECT id, head FROM projects WHERE id = ANY($1::text[])", list(project_ids))
@@ -531,22 +568,33 @@ async def read_after(conn: asyncpg.Connection, project_id: str, after: int, limi
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """Events read in seq order, and whether the read stopped at one of its limits (more may follow)."""
+    """Events read in seq order, and whether the read stopped at one of its limits (more may follow).
+
+    `oldest` and `head` are the project's as the same statement saw them: when `truncated(after,
+    oldest)`, events after `after` were pruned and the run skips them (the reader must not deliver
+    it as if contiguous). A prune deletes and raises `oldest` in one transaction, so one statement
+    sees both or neither."""
 
     events: list[StoredEvent]
     full: bool
+    oldest: int = 1
+    head: int = 0
 
 
 # Bounded in bytes as well as in events: the running total of the events' JSON sizes, in seq order,
 # computed as the index is scanned (the LIMIT stops the scan). An event is in the run if the run held
-# fewer than $4 bytes before it, so a run has at least one event, however large.
+# fewer than $4 bytes before it, so a run has at least one event, however large. The project's row comes
+# along (one row of NULL events when the run is empty), for its watermark.
 _READ_RUN = f"""
-SELECT * FROM (
-    SELECT {_EVENT_COLUMNS}, sum(octet_length(data::text)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS upto
-    FROM events WHERE project_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
-) AS page
-WHERE upto - octet_length(data) < $4
-ORDER BY seq
+SELECT p.oldest, p.head AS project_head, page.* FROM projects p LEFT JOIN LATERAL (
+    SELECT * FROM (
+        SELECT {_EVENT_COLUMNS}, sum(octet_length(data::text)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS upto
+        FROM events WHERE project_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
+    ) AS page
+    WHERE upto - octet_length(data) < $4
+) AS page ON true
+WHERE p.id = $1
+ORDER BY page.seq
 """
 
 
@@ -555,11 +603,17 @@ async def read_run(conn: asyncpg.Connection, project_id: str, after: int, *, max
     of JSON (at least one): `read_after` for readers whose memory must stay bounded (a page of large
     events held for a slow client would otherwise be the whole page)."""
     rows = await conn.fetch(_READ_RUN, project_id, after, max_events, max_bytes)
+    if not rows:  # no such project (any more): nothing to read
+        return Run([], full=False)
+    oldest, head = rows[0]["oldest"], rows[0]["project_head"]
+    if rows[0]["seq"] is None:
+        return Run([], full=False, oldest=oldest, head=head)
     events = [
         StoredEvent(r["project_id"], r["seq"], r["message_id"], r["type"], r["data"], r["created_at"], r["hash"])
         for r in rows
     ]
-    return Run(events, full=len(rows) == max_events or (bool(rows) and rows[-1]["upto"] >= max_bytes))
+    full = len(rows) == max_events or rows[-1]["upto"] >= max_bytes
+    return Run(events, full=full, oldest=oldest, head=head)
 
 
 # What `subject` matches, by type: one arm per kind of subject, each served by a partial index of its own

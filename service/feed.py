@@ -31,6 +31,7 @@ from . import eventlog
 from .connection import Subscription
 from .db import DatabaseUnavailable
 from .frames import EncodedEvent
+from .session import history_truncated
 
 logger = logging.getLogger("herald.feed")
 
@@ -38,6 +39,8 @@ ConnectionFactory = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]
 Broadcast = Callable[[str, Sequence[EncodedEvent]], list[int]]
 """The hub's fan-out: (project, a contiguous run of events) -> per event, how many subscribers it reached."""
 OnSend = Callable[[eventlog.StoredEvent, int], None]
+End = Callable[[Subscription, str], None]
+"""The hub's ending of one subscription with a last frame (its client stays connected)."""
 
 
 class Feed:
@@ -55,6 +58,7 @@ class Feed:
         page_bytes: int = 1024 * 1024,
         retry_delay_s: float = 0.5,
         on_send: OnSend | None = None,
+        end: End | None = None,
     ) -> None:
         self.project_id = project_id
         self.delivered = delivered
@@ -66,6 +70,7 @@ class Feed:
         self.page_bytes = page_bytes  # of the live fan-out's runs
         self.retry_delay_s = retry_delay_s
         self._on_send = on_send  # metrics: (event, subscribers reached)
+        self._end = end
         self._pumping = False
         self._dirty = False
         self._open = True
@@ -110,6 +115,13 @@ class Feed:
                     run = await eventlog.read_run(
                         conn, self.project_id, self.delivered, max_events=self.page_size, max_bytes=self.page_bytes
                     )
+                if eventlog.truncated(self.delivered, run.oldest) and self._open:
+                    # Pruned past what this process delivered: its live subscribers would skip events.
+                    for sub in list(self.live):
+                        if eventlog.truncated(sub.position, run.oldest):
+                            self._truncated(sub, run)
+                    self.delivered = run.oldest - 1
+                    continue
                 events = run.events
                 if events and self._open:
                     reached = self._broadcast(self.project_id, [EncodedEvent.of(e) for e in events])
@@ -141,6 +153,12 @@ class Feed:
                         )
                 except DatabaseUnavailable:
                     run = None
+                if run is not None and eventlog.truncated(sub.position, run.oldest):
+                    # A prune overtook this catch-up: say so rather than skip what it dropped.
+                    if client.subscriptions.get(sub.project_id) is sub:
+                        sub.catch_up = None
+                        self._truncated(sub, run)
+                    return
                 if run is not None and run.events and client.subscriptions.get(sub.project_id) is sub:
                     if not client.push_many([EncodedEvent.of(e) for e in run.events]):
                         return
@@ -156,6 +174,17 @@ class Feed:
                 self.live.add(sub)
                 sub.catch_up = None
                 return
+
+    def _truncated(self, sub: Subscription, run: eventlog.Run) -> None:
+        """End `sub` with `history_truncated` (docs/protocol.md §7.4): after the events it was sent, as
+        the refusal of a subscribe would have been, with the head the same read saw as `stateSeq`."""
+        exc = eventlog.HistoryTruncated(sub.position, run.oldest, run.head)
+        frame = history_truncated(sub.project_id, exc).frame()
+        if self._end is not None:
+            self._end(sub, frame)
+        else:
+            self.remove(sub)
+            sub.client.push(frame)
 
     # --- tasks -----------------------------------------------------------------------------------
 

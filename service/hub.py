@@ -83,6 +83,7 @@ class Hub:
                 page_bytes=self.page_bytes,
                 retry_delay_s=self.retry_delay_s,
                 on_send=self._on_send,
+                end=self.end,
             )
         sub = Subscription(client, project_id, position=after)
         client.subscriptions[project_id] = sub
@@ -111,6 +112,15 @@ class Hub:
                 self._per_user[client.user] = left
             else:
                 del self._per_user[client.user]
+
+    def end(self, sub: Subscription, frame: str) -> None:
+        """End one subscription with a last frame (`history_truncated`), after what it was already
+        sent; the client stays connected, with its other subscriptions."""
+        client = sub.client
+        if client.subscriptions.get(sub.project_id) is not sub:
+            return
+        self.disconnect(client, sub.project_id)
+        client.push(frame)
 
     def broadcast_to_project(self, project_id: str, events: Sequence[EncodedEvent]) -> list[int]:
         """Hand a contiguous run of events to every live local subscriber of the project: each gets, in

@@ -345,6 +345,10 @@ class ErrorBody(Wire):
         default=None, description="503 `unavailable` of a publish that may have been written: retry with it"
     )
     message_ids: list[str] | None = Field(default=None, description="the same, for a batch: every event's, in order")
+    oldest: int | None = Field(default=None, description="`history_truncated`: the oldest seq the log keeps")
+    state_seq: int | None = Field(
+        default=None, description="`history_truncated`: reload the state (at this seq or later), resume after its seq"
+    )
 
 
 class Health(Wire):
@@ -431,6 +435,10 @@ class ErrorMessage(Wire):
     code: str
     message: str
     ref: str | None = None
+    oldest: int | None = Field(default=None, description="`history_truncated`: the oldest seq the log keeps")
+    state_seq: int | None = Field(
+        default=None, description="`history_truncated`: reload the state (at this seq or later), resume after its seq"
+    )
 
 
 ClientMessage = (

@@ -32,7 +32,7 @@ from . import cursors
 from .auth import InvalidToken, Principal
 from .codes import CloseCode, ErrorCode
 from .db import DatabaseBusy, DatabaseUnavailable
-from .eventlog import OutcomeUnknown, ProjectNotFound, StoredEvent
+from .eventlog import HistoryTruncated, OutcomeUnknown, ProjectNotFound, StoredEvent
 from .limits import RateLimit
 from .messages import (
     EVENT_TYPES,
@@ -72,9 +72,26 @@ class Refuse:
     code: ErrorCode
     message: str
     ref: str | None
+    oldest: int | None = None  # `history_truncated`: the oldest seq kept
+    state_seq: int | None = None  # `history_truncated`: the head when answered, where the state is reloaded
 
     def frame(self) -> str:
-        return encode(type="error", code=self.code.value, message=self.message, ref=self.ref)
+        if self.oldest is None:
+            return encode(type="error", code=self.code.value, message=self.message, ref=self.ref)
+        return encode(
+            type="error",
+            code=self.code.value,
+            message=self.message,
+            ref=self.ref,
+            oldest=self.oldest,
+            stateSeq=self.state_seq,
+        )
+
+
+def history_truncated(project_id: str, exc: HistoryTruncated) -> Refuse:
+    """The refusal of a read below the low watermark (docs/protocol.md §7.4): the same frame whether it
+    answers a subscribe or ends a subscription whose catch-up the watermark overtook (feed.py)."""
+    return Refuse(ErrorCode.HISTORY_TRUNCATED, str(exc), project_id, oldest=exc.oldest, state_seq=exc.head)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +107,8 @@ class Append:
 
 @dataclass(frozen=True, slots=True)
 class FindStart:
-    """Read the project's head and, when `cursor`, this client's durable cursor (acks not yet
-    persisted included); answer with `found(ticket, head, cursor)`."""
+    """Read the project's head and oldest kept seq (eventlog.bounds) and, when `cursor`, this client's
+    durable cursor (acks not yet persisted included); answer with `found(ticket, head, cursor, oldest)`."""
 
     ticket: int
     project_id: str
@@ -293,8 +310,9 @@ class Session:
             self._answer_publish(self._publishing.pop(oldest), self._outcomes.pop(oldest))
         self._advance()
 
-    def found(self, ticket: int, head: int | None, cursor: int | None) -> None:
-        """The answer to `FindStart(ticket)`: the head (None: no such project) and the cursor."""
+    def found(self, ticket: int, head: int | None, cursor: int | None, oldest: int = 1) -> None:
+        """The answer to `FindStart(ticket)`: the head (None: no such project), the cursor, and the
+        oldest seq the log keeps."""
         request = self._take_request(ticket)
         if not isinstance(request, _Subscribe):
             return
@@ -303,9 +321,11 @@ class Session:
             self._refuse(ErrorCode.NOT_FOUND, f"no project {pid!r}", pid)
         else:
             try:
-                start = cursors.resume_point(after=after, cursor=cursor, head=head)
+                start = cursors.resume_point(after=after, cursor=cursor, head=head, oldest=oldest)
             except cursors.PositionBeyondHead as exc:
                 self._refuse(ErrorCode.INVALID_CURSOR, f"after {exc.seq} is beyond the head {exc.head}", pid)
+            except HistoryTruncated as exc:
+                self._emit(history_truncated(pid, exc))
             else:
                 self._send(type="subscribed", projectId=pid, after=start, head=head)
                 self.subscribed[pid] = None

@@ -44,6 +44,9 @@ projects = Table(
     # The hash of the project's last event (audit.py): the append that takes the next seq under this
     # row's lock chains from it without reading the log. 32 zero bytes for an empty log.
     Column("last_hash", LargeBinary, nullable=False, server_default=text("'\\x" + "00" * 32 + "'::bytea")),
+    # The low watermark: the oldest seq the log keeps (events with seq < oldest were pruned). A read
+    # starting below it is `history_truncated` (eventlog.truncated); 1 until anything is pruned.
+    Column("oldest", BigInteger, nullable=False, server_default=text("1")),
 )
 # GitHub compares repository names case-insensitively, and so do uniqueness and webhook routing.
 Index("projects_repo_key", func.lower(projects.c.repo), unique=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 
+import orjson
 from sse_starlette import ServerSentEvent
 from starlette.websockets import WebSocket
 
@@ -78,7 +79,15 @@ class SSETransport:
         if isinstance(frame, EncodedEvent):
             self.positions[frame.project_id] = frame.seq
             await self._handoff.put(ServerSentEvent(frame.text, event=frame.type, id=self._last_event_id(frame)))
-        # A stream is sent nothing but events (no pings, no replies): other frames have no reader.
+            return
+        # A stream is sent nothing but events (no pings, no replies), except the `error` that ends a
+        # subscription (`history_truncated`, feed.py): the stream ends with it, since its position
+        # vector could no longer resume that project; the client reloads and opens a new one.
+        event = error_event(frame)
+        if event is not None:
+            self._farewell = None
+            await self._handoff.put(event)
+            await self._handoff.put(None)
 
     def send_now(self, messages: Sequence[Frame]) -> bool:
         return False  # the response's generator takes one event at a time, from the writer
@@ -105,3 +114,14 @@ class SSETransport:
             yield event
         if self._farewell is not None:
             yield self._farewell
+
+
+def error_event(frame: str) -> ServerSentEvent | None:
+    """An `error` frame (session.Refuse) as SSE's `event: error`, whose data is the HTTP error body with
+    `projectId` for the WebSocket's `ref` (docs/protocol.md §5, §7.4); None for any other frame."""
+    message = orjson.loads(frame)
+    if not isinstance(message, dict) or message.get("type") != "error":
+        return None
+    data = {"error": message["code"], "message": message["message"], "projectId": message.get("ref")}
+    data.update({k: message[k] for k in ("oldest", "stateSeq") if k in message})
+    return ServerSentEvent(orjson.dumps(data).decode(), event="error")

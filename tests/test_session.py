@@ -131,6 +131,27 @@ def test_after_beyond_the_head_and_a_missing_project_are_refused() -> None:
     assert not s.subscribed
 
 
+@pytest.mark.parametrize(("after", "cursor"), [(3, None), (None, 3)], ids=["after", "cursor"])
+def test_a_start_below_the_oldest_kept_is_history_truncated(after: int | None, cursor: int | None) -> None:
+    """A start below oldest - 1 (asked, or the cursor) is refused with `history_truncated`, its frame
+    carrying `oldest` and `stateSeq` (the head); nothing is subscribed. At oldest - 1 it subscribes."""
+    s = session()
+    message: dict[str, Any] = {"type": "subscribe", "projectId": "p"}
+    if after is not None:
+        message["after"] = after
+    (find,) = send(s, **message)
+    s.found(find.ticket, head=9, cursor=cursor, oldest=5)
+    (refusal,) = s.take()
+    assert isinstance(refusal, Refuse) and refusal.code is ErrorCode.HISTORY_TRUNCATED
+    frame = json.loads(refusal.frame())
+    assert frame.pop("message").startswith("the events after 3 are no longer kept (the oldest kept is 5)")
+    assert frame == {"type": "error", "code": "history_truncated", "ref": "p", "oldest": 5, "stateSeq": 9}
+    assert not s.subscribed and s.accepting
+    (find,) = send(s, type="subscribe", projectId="p", after=4)
+    s.found(find.ticket, head=9, cursor=None, oldest=5)
+    assert s.take()[-1] == Connect("p", after=4, head=9)
+
+
 def test_a_stream_without_a_client_id_has_no_cursor_to_read() -> None:
     """An SSE stream without clientId (not durable): the lookup asks for the head only."""
     s = session(durable=False)

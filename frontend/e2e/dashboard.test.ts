@@ -1,6 +1,7 @@
 // The live dashboard in Chromium against the real service: events published over HTTP appear in the
 // right card and nowhere else, fast (publish → DOM latency, recorded in docs/benchmarks.md), a reload
-// resumes without duplicates, and an action taken offline shows as queued and is delivered once.
+// resumes without duplicates, an action taken offline shows as queued and is delivered once, and a
+// history pruned while the page was away is said quietly, the card reloaded to the current state.
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FACTOR, Service } from '../tests/service';
@@ -176,6 +177,34 @@ describe('the live dashboard', () => {
       ['agent_run_progress', { runId: 'run-7', status: 'cancelled', progress: 40, step: 'Compile', message: 'Build it' }],
       ['validation_update', { ...check, status: 'queued' }],
     ]);
+    expect(unexpectedErrors(dashboard.errors, { network: true })).toEqual([]);
+    await dashboard.context.close();
+  });
+
+  it('says quietly that older history was pruned, shows the current state, and keeps updating', async () => {
+    await service.createProject('pruned');
+    const progress = (value: number) => ({ runId: 'run-9', status: 'running' as const, progress: value, step: 'Test' });
+    await publish(service, 'pruned', 'agent_run_progress', progress(10));
+    const dashboard = await openDashboard(browser, service, tokenFor(service, ['pruned']));
+    const { card } = dashboard;
+    await card('pruned').locator('[data-run-id="run-9"][data-seq="1"]').waitFor();
+    await dashboard.waitForConnection('connected');
+
+    // Away while the run moves on and the events the page has not seen are pruned (the latest stays).
+    await dashboard.context.setOffline(true);
+    await dashboard.waitForConnection('offline');
+    for (const value of [20, 30, 40, 50]) await publish(service, 'pruned', 'agent_run_progress', progress(value));
+    service.prune('pruned', 5);
+    await dashboard.context.setOffline(false);
+
+    const notice = card('pruned').locator('[data-notice="history_truncated"]');
+    await notice.getByText('Older history was pruned; showing the current state.').waitFor();
+    await card('pruned').locator('[data-run-id="run-9"][data-seq="5"]').waitFor();
+    await publish(service, 'pruned', 'agent_run_progress', progress(60));
+    await card('pruned').locator('[data-run-id="run-9"][data-seq="6"]').waitFor();
+    expect(await seqsIn(dashboard, 'pruned', 'runs')).toEqual([6]);
+    await notice.getByRole('button', { name: 'Dismiss' }).click();
+    await notice.waitFor({ state: 'detached' });
     expect(unexpectedErrors(dashboard.errors, { network: true })).toEqual([]);
     await dashboard.context.close();
   });

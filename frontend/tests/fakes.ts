@@ -16,6 +16,7 @@ import type {
   Event,
   EventPage,
   ProjectState,
+  Resync,
   ServerMessage,
   TransportKind,
   WebSocketMessage,
@@ -200,17 +201,23 @@ export const prEvent = (seq: number, number = 1): Event => ({
 
 /**
  * A stand-in for the client, as the project store sees it: `readState` answers `snapshot(projectId)`,
- * `deliver(event)` hands an event to the store; the other verbs are spies.
+ * `deliver(event)` hands an event to the store, `resync(value)` tells it a subscription is parked;
+ * the other verbs are spies.
  */
 export function fakeProjectSource(snapshot: (projectId: string) => Promise<ProjectState>) {
   const listeners = new Set<(message: WebSocketMessage) => void>();
+  const resyncListeners = new Set<(resync: Resync) => void>();
   const client = {
-    on: vi.fn((type: string, listener: (message: WebSocketMessage) => void) => {
-      if (type === 'message') listeners.add(listener);
-      return () => void listeners.delete(listener);
+    on: vi.fn((type: string, listener: (value: never) => void) => {
+      const set = (type === 'message' ? listeners : type === 'resync' ? resyncListeners : null) as Set<
+        (value: never) => void
+      > | null;
+      set?.add(listener);
+      return () => void set?.delete(listener);
     }),
     subscribe: vi.fn(),
     unsubscribe: vi.fn(),
+    resubscribe: vi.fn(),
     readState: vi.fn(async (projectId: string) => snapshot(projectId)),
     readEvents: vi.fn(async (): Promise<Event[]> => []),
     position: vi.fn((): number | null => null),
@@ -218,7 +225,10 @@ export function fakeProjectSource(snapshot: (projectId: string) => Promise<Proje
   const deliver = (event: Event) => {
     for (const listener of listeners) listener(event as unknown as WebSocketMessage);
   };
-  return { client, source: client as unknown as ProjectSource, deliver, listeners };
+  const resync = (value: Resync) => {
+    for (const listener of resyncListeners) listener(value);
+  };
+  return { client, source: client as unknown as ProjectSource, deliver, resync, listeners };
 }
 
 /** Project p1's state snapshot at `seq`, with these notifications (the first also its pull request). */

@@ -175,6 +175,31 @@ export class Service {
     return body;
   }
 
+  /**
+   * What a prune does (docs/protocol.md §7.4), as the service's own tests simulate one: the events
+   * below `oldest` deleted and the project's low watermark raised, in one transaction, straight in
+   * this instance's embedded PostgreSQL.
+   */
+  prune(projectId: string, oldest: number): void {
+    const script = [
+      'import asyncio, sys, asyncpg',
+      'from service import db',
+      'async def prune(url, project_id, oldest):',
+      '    conn = await asyncpg.connect(db.asyncpg_dsn(url))',
+      '    try:',
+      '        async with conn.transaction():',
+      '            await conn.execute("DELETE FROM events WHERE project_id = $1 AND seq < $2", project_id, oldest)',
+      '            await conn.execute("UPDATE projects SET oldest = $2 WHERE id = $1", project_id, oldest)',
+      '    finally:',
+      '        await conn.close()',
+      'asyncio.run(prune(sys.argv[1], sys.argv[2], int(sys.argv[3])))',
+    ].join('\n');
+    execFileSync(PYTHON, ['-c', script, this.embeddedDatabaseUrl(), projectId, String(oldest)], {
+      cwd: repo,
+      env: this.env,
+    });
+  }
+
   /** This client's durable cursor for a project (0 when it has none). */
   async cursor(projectId: string, clientId: string): Promise<number> {
     const { body } = await this.request<{ cursors: { clientId: string; seq: number }[] }>(

@@ -169,7 +169,15 @@ async def _filters(
 Filters = Annotated[eventlog.Filter, Depends(_filters)]
 """The filters of history and export (docs/protocol.md §7.3), checked before anything else (422)."""
 
-After = Annotated[int, Query(ge=0, le=MAX_SAFE_INTEGER, description="only events with seq > after")]
+After = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        le=MAX_SAFE_INTEGER,
+        description="only events with seq > after; below the oldest kept, 410 `history_truncated` "
+        "(absent: from the oldest kept)",
+    ),
+]
 Before = Annotated[int | None, Query(ge=1, le=MAX_SAFE_INTEGER, description="only events with seq < before")]
 
 
@@ -326,13 +334,35 @@ async def publish_batch(
     return json_response({"projectId": project_id, "events": results}, status)
 
 
-@router.get("/api/projects/{project_id}/events", response_model=EventPage, responses=ERRORS, tags=["events"])
+TRUNCATABLE = {**ERRORS, 410: {"model": ErrorBody}}  # reads that may start below the oldest event kept
+
+
+def read_start(project_id: str, bounds: eventlog.Bounds | None, after: int | None) -> int:
+    """Where a history read or an export starts: after the `after` asked for, unless events after it
+    were pruned (410 `history_truncated`, docs/protocol.md §7.4); without one, from the oldest event
+    kept (so that a page that names no start, such as the dashboard's newest-first page, keeps
+    working once the log is pruned)."""
+    if bounds is None:
+        raise project_missing(project_id)
+    if after is None:
+        return bounds.oldest - 1
+    if eventlog.truncated(after, bounds.oldest):
+        raise truncated_error(eventlog.HistoryTruncated(after, bounds.oldest, bounds.head))
+    return after
+
+
+def truncated_error(exc: eventlog.HistoryTruncated) -> ApiError:
+    """410 `history_truncated`: the JSON error body, with `oldest` and `stateSeq` (§7.4)."""
+    return ApiError(ErrorCode.HISTORY_TRUNCATED, str(exc), extra={"oldest": exc.oldest, "stateSeq": exc.head})
+
+
+@router.get("/api/projects/{project_id}/events", response_model=EventPage, responses=TRUNCATABLE, tags=["events"])
 async def history(
     project_id: str,
     principal: Auth,
     database: DatabaseDep,
     where: Filters,
-    after: After = 0,
+    after: After = None,
     before: Before = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     order: Annotated[Literal["asc", "desc"], Query()] = "asc",
@@ -341,10 +371,9 @@ async def history(
     page; with the same filters, the next page continues the same selection."""
     require(principal, ("subscribe", "audit"), project_id)
     async with database.connection() as conn:
-        if await eventlog.head(conn, project_id) is None:
-            raise project_missing(project_id)
+        start = read_start(project_id, await eventlog.bounds(conn, project_id), after)
         events, next_cursor = await eventlog.read_page(
-            conn, project_id, after=after, before=before, limit=limit, where=where, order=order
+            conn, project_id, after=start, before=before, limit=limit, where=where, order=order
         )
     body = b'{"events":[' + b",".join(e.encode() for e in events) + b'],"next":' + orjson.dumps(next_cursor) + b"}"
     return Response(body, media_type=JSON)
@@ -402,7 +431,7 @@ EXPORT_CONTENT = {
 
 @router.get(
     "/api/projects/{project_id}/export",
-    responses={**ERRORS, 200: EXPORT_CONTENT},
+    responses={**TRUNCATABLE, 200: EXPORT_CONTENT},
     response_class=Response,
     tags=["audit"],
 )
@@ -411,7 +440,7 @@ async def export(
     principal: Auth,
     database: DatabaseDep,
     where: Filters,
-    after: After = 0,
+    after: After = None,
     before: Before = None,
     format: Annotated[Literal["ndjson", "csv"], Query(description="ndjson (the default) or csv")] = "ndjson",
 ) -> Response:
@@ -419,14 +448,15 @@ async def export(
     (audit): the log as it was when the export began (up to its head then), streamed as it is read."""
     require(principal, "audit", project_id)
     async with database.connection() as conn:
-        head = await eventlog.head(conn, project_id)
-        if head is None:
-            raise project_missing(project_id)
+        bounds = await eventlog.bounds(conn, project_id)
+        start = read_start(project_id, bounds, after)
+        assert bounds is not None
+        head = bounds.head
         ranges = await eventlog.seq_ranges(conn, project_id, where)
     body = export_body(
         database,
         project_id,
-        after=after,
+        after=start,
         before=head + 1 if before is None else min(before, head + 1),
         where=where,
         ranges=ranges,

@@ -36,7 +36,7 @@ from ..hub import Hub
 from ..limits import RateLimits
 from ..messages import MAX_SAFE_INTEGER, PROJECT_ID_PATTERN
 from ..session import Connect, FindStart, Refuse, Session
-from ..transports import SSETransport
+from ..transports import SSETransport, error_event
 from .dependencies import (
     AcksDep,
     DatabaseDep,
@@ -109,30 +109,38 @@ def parse_vector(text: str, what: str) -> dict[str, int]:
 
 async def start_positions(
     session: Session, client: Client, asked: dict[str, int | None], *, database: Database, acks: AckBuffer
-) -> list[Connect]:
+) -> tuple[list[Connect], list[Refuse]]:
     """Run the stream's session until each project has its start (the position asked for, else the
     client's cursor, else the head: the session's rule), before anything streams: a refusal becomes
-    the HTTP error of its code (404, 422 `invalid_cursor` beyond the head), an outage 503."""
+    the HTTP error of its code (404, 422 `invalid_cursor` beyond the head), an outage 503; except
+    `history_truncated`, returned for the stream to say as `event: error` (an EventSource cannot
+    read the body of an HTTP error)."""
     for project_id, after in asked.items():
         session.subscribe(project_id, after)
     starts: list[Connect] = []
+    truncated: list[Refuse] = []
     async with database.connection() as conn:
         while effects := session.take():
             for effect in effects:
                 if isinstance(effect, FindStart):
-                    head = await eventlog.head(conn, effect.project_id)
+                    bounds = await eventlog.bounds(conn, effect.project_id)
+                    if bounds is None:
+                        session.found(effect.ticket, None, None)
+                        continue
                     cursor = None
-                    if head is not None and effect.cursor:
+                    if effect.cursor:
                         cursor = await acks.cursor(
                             conn, project_id=effect.project_id, user=client.user, client_id=client.client_id
                         )
-                    session.found(effect.ticket, head, cursor)
+                    session.found(effect.ticket, bounds.head, cursor, bounds.oldest)
+                elif isinstance(effect, Refuse) and effect.code is ErrorCode.HISTORY_TRUNCATED:
+                    truncated.append(effect)
                 elif isinstance(effect, Refuse):
                     raise ApiError(effect.code, effect.message)
                 elif isinstance(effect, Connect):
                     starts.append(effect)
                 # `subscribed` replies have no SSE form: the stream itself is the answer.
-    return starts
+    return starts, truncated
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +193,7 @@ async def open_stream(
     hub.add_client(client)
     try:
         session = Session(principal, verify=parts.verify, durable=client_id is not None)
-        starts = await start_positions(session, client, asked, database=parts.database, acks=parts.acks)
+        starts, truncated = await start_positions(session, client, asked, database=parts.database, acks=parts.acks)
     except BaseException:
         hub.disconnect(client)
         raise
@@ -194,6 +202,12 @@ async def open_stream(
     async def events() -> AsyncIterator[ServerSentEvent]:
         try:
             yield ServerSentEvent(retry=RETRY_MS)
+            if truncated:  # §7.4: say which projects, and end; nothing streams from a position that skips
+                for refusal in truncated:
+                    event = error_event(refusal.frame())
+                    if event is not None:
+                        yield event
+                return
             for start in starts:
                 hub.connect(client, start.project_id, after=start.after, head=start.head)
             client.writer = asyncio.create_task(client.write())

@@ -155,16 +155,19 @@ class Driver:
     async def _find_start(self, effect: FindStart) -> None:
         try:
             async with self.database.connection() as conn:
-                head = await eventlog.head(conn, effect.project_id)
+                bounds = await eventlog.bounds(conn, effect.project_id)
                 cursor = None
-                if head is not None and effect.cursor:
+                if bounds is not None and effect.cursor:
                     cursor = await self.acks.cursor(
                         conn, project_id=effect.project_id, user=self.client.user, client_id=self.client.client_id
                     )
         except DatabaseUnavailable:
             self.session.unavailable(effect.ticket)
         else:
-            self.session.found(effect.ticket, head, cursor)
+            if bounds is None:
+                self.session.found(effect.ticket, None, None)
+            else:
+                self.session.found(effect.ticket, bounds.head, cursor, bounds.oldest)
 
     async def _read_head(self, effect: CheckAck) -> None:
         try:

@@ -15,7 +15,7 @@ import type {
   WebSocketMessage,
   WebSocketState,
 } from '../types/websocket';
-import type { OutgoingMessage, SubscribeOptions } from '../types/state';
+import type { OutgoingMessage, Resync, SubscribeOptions } from '../types/state';
 import { backoff } from './backoff';
 import { Connection, type RoutedMessage } from './connection';
 import { readHistory, readState } from './history';
@@ -28,7 +28,7 @@ import { sseTransport } from './sseTransport';
 import { Subscriptions } from './subscription';
 import { webSocketTransport, type TransportFactory, type WebSocketConstructor } from './transport';
 
-export { HeraldError } from './errors';
+export { HeraldError, HISTORY_TRUNCATED, INVALID_CURSOR } from './errors';
 
 /** Protocol tunables and their defaults. */
 export const defaults = {
@@ -94,6 +94,12 @@ export interface ClientEvents {
   error: ErrorMessage;
   /** Every publish the service made durable, including those queued by an earlier page. */
   published: PublishedMessage;
+  /**
+   * A subscription the service will not resume from this client's position: its history was pruned
+   * below it (`history_truncated`), or the log no longer reaches it (`invalid_cursor`). The
+   * subscription is parked until `resubscribe` (its `error` frame goes to `error` listeners too).
+   */
+  resync: Resync;
 }
 
 type Listener<K extends keyof ClientEvents> = (value: ClientEvents[K]) => void;
@@ -194,6 +200,7 @@ export class HeraldClient {
           this.connection.setState({ lastMessage: message });
           this.emit('message', message);
         },
+        resync: (resync) => this.emit('resync', resync),
         delay,
       },
       {
@@ -271,6 +278,18 @@ export class HeraldClient {
 
   /** Drops one reference; the last one acks what was handed over and ends the server subscription. */
   unsubscribe = (projectId: string): void => this.subscriptions.unsubscribe(projectId);
+
+  /**
+   * Moves the project's one position to `after` and restarts its subscription from there: what to
+   * call after a `resync`, with the seq of a state snapshot read since. Nothing for a project that
+   * is not subscribed.
+   */
+  resubscribe = (projectId: string, after: number): void => {
+    if (!(Number.isSafeInteger(after) && after >= 0)) {
+      throw new RangeError(`resubscribe: after must be a non-negative integer, not ${after}`);
+    }
+    this.subscriptions.resubscribe(projectId, after);
+  };
 
   /** The last seq of the project handed to `message` listeners (or its start), if this client knows it. */
   position = (projectId: string): number | null => this.subscriptions.position(projectId);

@@ -1,6 +1,7 @@
 // @vitest-environment node
 // The polling fallback against a fake service over fetch: the handshake, a round of reads per
-// project (following `next`), its pings, the start of a project without a position, refusals.
+// project (following `next`), its pings, the start of a project without a position, refusals, a
+// truncated history and a position beyond the head.
 import { describe, expect, it, vi } from 'vitest';
 import { event, fakeHttp, json } from '../../tests/fakes';
 import type { Event, ServerMessage } from '../types/websocket';
@@ -95,5 +96,46 @@ describe('the polling transport', () => {
     other.http.route(() => json(401, { error: 'unauthorized', message: 'expired' }));
     other.transport.send({ type: 'subscribe', projectId: 'p1', after: 0 });
     await vi.waitFor(() => expect(other.closed.map((close) => close.code)).toEqual([4401]));
+  });
+
+  it('reports a truncated history (410) with oldest and stateSeq as the socket would, and reads it no more', async () => {
+    const logs = { p1: log('p1', 9), p2: log('p2', 2) };
+    const { http, transport, frames, seqs, closed } = setup(logs);
+    http.route((request) =>
+      request.url.pathname === '/api/projects/p1/events' && request.url.searchParams.get('after') === '2'
+        ? json(410, { error: 'history_truncated', message: 'pruned below 6', oldest: 6, stateSeq: 9 })
+        : undefined,
+    );
+    await vi.waitFor(() => expect(frames('welcome')).toHaveLength(1));
+    transport.send({ type: 'subscribe', projectId: 'p1', after: 2 });
+    transport.send({ type: 'subscribe', projectId: 'p2', after: 0 });
+    await vi.waitFor(() => expect(seqs('p2')).toEqual([1, 2]));
+    expect(frames('error')).toEqual([
+      { type: 'error', code: 'history_truncated', message: 'pruned below 6', ref: 'p1', oldest: 6, stateSeq: 9 },
+    ]);
+    const reads = http.to('/api/projects/p1/events').length;
+    await vi.waitFor(() => expect(frames('ping').length).toBeGreaterThan(2));
+    expect(http.to('/api/projects/p1/events')).toHaveLength(reads);
+    expect(seqs('p1')).toEqual([]);
+    expect(closed).toEqual([]);
+  });
+
+  it('refuses a position beyond the head as the socket does (invalid_cursor): the log is not the one read', async () => {
+    const logs = { p1: log('p1', 3) };
+    const { transport, frames, seqs, closed } = setup(logs);
+    await vi.waitFor(() => expect(frames('welcome')).toHaveLength(1));
+    transport.send({ type: 'subscribe', projectId: 'p1', after: 7 });
+    await vi.waitFor(() => expect(frames('error')).toHaveLength(1));
+    expect(frames('error')[0]).toEqual({
+      type: 'error',
+      code: 'invalid_cursor',
+      message: 'after 7 is beyond the head 3',
+      ref: 'p1',
+    });
+    expect(frames('subscribed')).toEqual([]);
+    // Subscribed again from a position the log has: read as usual.
+    transport.send({ type: 'subscribe', projectId: 'p1', after: 1 });
+    await vi.waitFor(() => expect(seqs('p1')).toEqual([2, 3]));
+    expect(closed).toEqual([]);
   });
 });

@@ -3,7 +3,7 @@
 // request-response, so it works through whatever lets the page load at all.
 import { CloseCode } from '../types/codes';
 import type { ClientMessage, EventPage } from '../types/websocket';
-import { errorOf, isTransientStatus } from './errors';
+import { errorOf, INVALID_CURSOR, isTransientStatus } from './errors';
 import { HttpChannel, type ProjectPosition } from './httpChannel';
 import { randomId } from './platform';
 import { ABNORMAL_CLOSURE, type Transport, type TransportFactory, type TransportOptions } from './transport';
@@ -118,18 +118,26 @@ class PollingTransport implements Transport {
   /** One project's new events; false when the transport ended. */
   private async poll(projectId: string, position: ProjectPosition): Promise<boolean> {
     const current = () => this.channel.open && this.projects.get(projectId) === position;
-    if (position.seq === null) {
-      // No position: start at the head. (The durable cursor, where the socket would start, can only
-      // be read with the admin scope; the store always subscribes with a position.)
+    if (!position.announced) {
+      // The head: where a project without a position starts (the durable cursor, where the socket
+      // would start, can only be read with the admin scope; the store always subscribes with a
+      // position), and what a position must not pass. The history answers an `after` beyond the
+      // head with nothing, so without this a log reset under the client would go unnoticed.
       const page = await this.read(projectId, { order: 'desc', limit: '1' });
       if (page === 'ended') return false;
       if (page === 'refused' || !current()) return true;
-      position.seq = page.events[0]?.seq ?? 0;
-    }
-    if (!position.announced) {
+      const head = page.events[0]?.seq ?? 0;
+      if (position.seq !== null && position.seq > head) {
+        this.projects.delete(projectId);
+        const message = `after ${position.seq} is beyond the head ${head}`;
+        this.channel.emit({ type: 'error', code: INVALID_CURSOR, message, ref: projectId });
+        return true;
+      }
+      position.seq ??= head;
       position.announced = true;
       this.channel.emit({ type: 'subscribed', projectId, after: position.seq, head: position.seq });
     }
+    if (position.seq === null) return true; // not reached: announcing sets it
     for (;;) {
       const page = await this.read(projectId, { after: String(position.seq), limit: '1000' });
       if (page === 'ended') return false;
@@ -167,7 +175,7 @@ class PollingTransport implements Transport {
     }
     if (this.projects.get(projectId) !== undefined) {
       this.projects.delete(projectId);
-      this.channel.emit({ type: 'error', code: error.code, message: error.message, ref: projectId });
+      this.channel.emit({ type: 'error', code: error.code, message: error.message, ref: projectId, ...error.truncation });
     }
     return 'refused';
   }

@@ -201,6 +201,25 @@ describe('the SSE transport', () => {
     expect(http.to('/api/stream')[1].url.searchParams.get('projects')).toBe('p1');
   });
 
+  it('reports a project whose history is truncated (`event: error`) as the socket would, and streams the others', async () => {
+    const { http, transport, frames, received, streams, closed, welcomed } = setup();
+    await welcomed();
+    transport.send({ type: 'subscribe', projectId: 'p1', after: 2 });
+    transport.send({ type: 'subscribe', projectId: 'p2', after: 5 });
+    await vi.waitFor(() => expect(streams).toHaveLength(2));
+    const truncated = { error: 'history_truncated', message: 'pruned', projectId: 'p1', oldest: 6, stateSeq: 9 };
+    streams[1].write(`event: error\ndata: ${JSON.stringify(truncated)}\n\n`);
+    streams[1].end();
+    await vi.waitFor(() => expect(http.to('/api/stream')).toHaveLength(2));
+    expect(frames('error')).toEqual([
+      { type: 'error', code: 'history_truncated', message: 'pruned', ref: 'p1', oldest: 6, stateSeq: 9 },
+    ]);
+    // The error's data is no event; the stream reopens without p1, from p2's position; no retry of the transport.
+    expect(received.filter((m) => m.type === 'agent_run_progress')).toEqual([]);
+    expect(Object.fromEntries(http.to('/api/stream')[1].url.searchParams)).toMatchObject({ projects: 'p2', after: 'p2:5' });
+    expect(closed).toEqual([]);
+  });
+
   it('publishes one at a time in order: published, error naming the messageId, retried while 503', async () => {
     const { http, transport, frames, welcomed } = setup();
     await welcomed();

@@ -9,7 +9,7 @@
 import { createParser } from 'eventsource-parser';
 import { CloseCode } from '../types/codes';
 import type { ClientMessage, Event } from '../types/websocket';
-import { errorOf } from './errors';
+import { errorOf, truncationOf } from './errors';
 import { HttpChannel, type ProjectPosition } from './httpChannel';
 import { randomId } from './platform';
 import { ABNORMAL_CLOSURE, type Transport, type TransportFactory, type TransportOptions } from './transport';
@@ -242,9 +242,15 @@ class SseTransport implements Transport {
       }
     }
     let closed: { code: number; reason: string } | null = null;
+    // A project refused after the stream started (`event: error`, e.g. history_truncated): the
+    // service ends the stream, which then reopens without it rather than failing the transport (the
+    // client would reconnect from the same position, and be refused again).
+    let refused = false;
     const parser = sseParser(
       (message) => {
-        if (current()) this.received(message);
+        if (!current()) return;
+        if (message.event === 'error') refused = this.streamError(message) || refused;
+        else this.received(message);
       },
       (comment) => {
         if (!current()) return;
@@ -265,8 +271,36 @@ class SseTransport implements Transport {
       // Aborted by a reopen or close, or the connection broke: told apart below.
     }
     if (!current()) return;
+    if (refused) return this.reopen();
     const end = closed as { code: number; reason: string } | null;
     this.channel.fail(end?.code ?? ABNORMAL_CLOSURE, end?.reason || 'the event stream ended');
+  }
+
+  /**
+   * `event: error` with `{"error", "message", "projectId", ...}` (docs/protocol.md §7.4): the project
+   * gets the `error` frame the socket would send (ref = projectId; `oldest` and `stateSeq` kept) and
+   * leaves the stream. True when it named a project of this transport.
+   */
+  private streamError(message: SseMessage): boolean {
+    let body: unknown;
+    try {
+      body = JSON.parse(message.data);
+    } catch {
+      return false;
+    }
+    const { error, projectId, message: text } = (typeof body === 'object' && body !== null ? body : {}) as Record<
+      string,
+      unknown
+    >;
+    if (typeof error !== 'string' || typeof projectId !== 'string' || !this.projects.delete(projectId)) return false;
+    this.channel.emit({
+      type: 'error',
+      code: error,
+      message: typeof text === 'string' ? text : error,
+      ref: projectId,
+      ...truncationOf(body),
+    });
+    return true;
   }
 
   private received(message: SseMessage): void {
@@ -298,17 +332,18 @@ class SseTransport implements Transport {
   }
 
   /**
-   * The stream was refused before it started. 401: the token (terminal, 4401). 403, 404, 422: one
-   * of the projects (not granted, missing, a position beyond its head): each is asked alone, the
-   * ones refused get the `error` frame the socket would send (ref = projectId) and leave the
-   * stream, which reopens without them. Anything else ends the transport (retry).
+   * The stream was refused before it started. 401: the token (terminal, 4401). 403, 404, 410, 422:
+   * one of the projects (not granted, missing, a position below what is kept or beyond its head):
+   * each is asked alone, the ones refused get the `error` frame the socket would send (ref =
+   * projectId) and leave the stream, which reopens without them. Anything else ends the transport
+   * (retry).
    */
   private async refused(response: Response, ids: string[], controller: AbortController): Promise<void> {
     const error = await errorOf(response);
     const current = () => this.streams === controller && this.channel.open;
     if (!current()) return;
     if (response.status === 401) return this.channel.fail(CloseCode.AUTH, `${error.code}: ${error.message}`);
-    if (![403, 404, 422].includes(response.status)) {
+    if (![403, 404, 410, 422].includes(response.status)) {
       return this.channel.fail(ABNORMAL_CLOSURE, `the event stream was refused: ${error.code}: ${error.message}`);
     }
     let culprits = 0;
@@ -333,7 +368,7 @@ class SseTransport implements Transport {
       if (!current()) return;
       culprits += 1;
       this.projects.delete(id);
-      this.channel.emit({ type: 'error', code: refusal.code, message: refusal.message, ref: id });
+      this.channel.emit({ type: 'error', code: refusal.code, message: refusal.message, ref: id, ...refusal.truncation });
     }
     if (!current()) return;
     if (culprits > 0) this.reopen();

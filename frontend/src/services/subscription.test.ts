@@ -1,6 +1,7 @@
 // @vitest-environment node
 // The subscriptions against a fake socket, a fake history and fake timers: reference counts,
-// resuming from each project's position, order, dedupe, gaps filled from the history, and acks.
+// resuming from each project's position, order, dedupe, gaps filled from the history, acks, and
+// the parked subscription of a position the service will not resume from.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { connectedClient, event, settle, socketClient } from '../../tests/fakes';
 
@@ -229,5 +230,65 @@ describe('acks', () => {
     expect(fake.last.frames('ack')).toEqual([]);
     fake.last.receive({ type: 'subscribed', projectId: 'p1', after: 1, head: 1 });
     expect(fake.last.frames('ack')).toEqual([{ type: 'ack', projectId: 'p1', seq: 1 }]);
+  });
+});
+
+describe('positions the service will not resume from', () => {
+  it('parks a subscription refused as history_truncated: told once, asked no more across reconnects, resumed by resubscribe', () => {
+    const { client, fake, seqs } = connectedClient();
+    const resyncs: unknown[] = [];
+    const errors: unknown[] = [];
+    client.on('resync', (resync) => resyncs.push(resync));
+    client.on('error', (error) => errors.push(error));
+    client.subscribe('p1', { after: 2 });
+    const truncated = { type: 'error', code: 'history_truncated', message: 'pruned', ref: 'p1', oldest: 6, stateSeq: 9 } as const;
+    fake.last.receive(truncated);
+    fake.last.receive(truncated); // a second answer to the same position changes nothing
+    expect(resyncs).toEqual([{ projectId: 'p1', code: 'history_truncated', oldest: 6, stateSeq: 9 }]);
+    expect(errors).toHaveLength(2); // error frames still reach `error` listeners
+    fake.last.receive(event('p1', 10)); // nothing is handed over while parked
+    expect(seqs('p1')).toEqual([]);
+
+    fake.last.drop(1012);
+    vi.advanceTimersByTime(20_000);
+    fake.last.accept();
+    expect(fake.last.frames('subscribe')).toEqual([]); // not the same too-old position again
+
+    client.resubscribe('p1', 9);
+    expect(fake.last.frames('subscribe')).toEqual([{ type: 'subscribe', projectId: 'p1', after: 9 }]);
+    fake.last.receive({ type: 'subscribed', projectId: 'p1', after: 9, head: 9 });
+    fake.last.receive(event('p1', 10));
+    expect(seqs('p1')).toEqual([10]);
+    expect(client.position('p1')).toBe(10);
+    expect(() => client.resubscribe('p1', -1)).toThrow(RangeError);
+  });
+
+  it('parks a subscription refused as invalid_cursor, drops its unsent acks, and unsubscribes it without a frame', () => {
+    const { client, fake } = connectedClient();
+    const resyncs: unknown[] = [];
+    client.on('resync', (resync) => resyncs.push(resync));
+    client.subscribe('p1', { after: 0 });
+    fake.last.receive({ type: 'subscribed', projectId: 'p1', after: 0, head: 5 });
+    fake.last.receive(event('p1', 1));
+    fake.last.drop(1012); // the ack of 1 is pending
+    vi.advanceTimersByTime(20_000);
+    fake.last.accept();
+    expect(fake.last.frames('subscribe')).toEqual([{ type: 'subscribe', projectId: 'p1', after: 1 }]);
+    fake.last.receive({ type: 'error', code: 'invalid_cursor', message: 'after 1 is beyond the head 0', ref: 'p1' });
+    expect(resyncs).toEqual([{ projectId: 'p1', code: 'invalid_cursor' }]);
+    vi.advanceTimersByTime(1000);
+    expect(fake.last.frames('ack')).toEqual([]); // seq 1 is not in the log the service has now
+
+    // A subscribe with `after` resumes a parked subscription too (the store's load does this).
+    client.subscribe('p1', { after: 0 });
+    expect(fake.last.frames('subscribe').at(-1)).toEqual({ type: 'subscribe', projectId: 'p1', after: 0 });
+    client.unsubscribe('p1');
+    client.unsubscribe('p1');
+    expect(fake.last.frames('unsubscribe')).toHaveLength(1);
+
+    client.subscribe('p2', { after: 3 });
+    fake.last.receive({ type: 'error', code: 'invalid_cursor', message: 'beyond', ref: 'p2' });
+    client.unsubscribe('p2'); // parked: the service holds no subscription to end
+    expect(fake.last.frames('unsubscribe').map((frame) => frame.projectId)).toEqual(['p1']);
   });
 });

@@ -10,8 +10,10 @@ import type {
   SubscribeMessage,
   SubscribedMessage,
   UnsubscribedMessage,
+  Resync,
   WebSocketMessage,
 } from '../types/websocket';
+import { HISTORY_TRUNCATED, INVALID_CURSOR, truncationOf } from './errors';
 
 /** What the subscriptions need from the client. */
 export interface SubscriptionHost {
@@ -23,6 +25,8 @@ export interface SubscriptionHost {
   readHistory(projectId: string, after: number, before: number): Promise<Event[]>;
   /** Hands an event to the application. */
   deliver(message: WebSocketMessage): void;
+  /** Tells the application that a subscription cannot resume from its position and is parked. */
+  resync(resync: Resync): void;
   /** The backoff before retry number `failures + 1`. */
   delay(failures: number): number;
 }
@@ -41,6 +45,11 @@ export class Subscription {
   position: number | null;
   /** The service confirmed the subscription (`subscribed`) on the current connection. */
   live = false;
+  /**
+   * The service will not resume from `position` (history_truncated, invalid_cursor): nothing is sent
+   * or handed over, whatever the reconnects, until `resume` gives a new position.
+   */
+  parked = false;
   /** A gap is being read from the HTTP history; events that arrive meanwhile wait in `held`. */
   private filling = false;
   private held: Event[] = [];
@@ -69,7 +78,23 @@ export class Subscription {
     this.live = false;
     this.filling = false;
     this.held = [];
-    if (this.owner.host.connected()) this.sendSubscribe();
+    if (this.owner.host.connected() && !this.parked) this.sendSubscribe();
+  }
+
+  /** The service refused the position: stop here, so no reconnect asks for it again. */
+  park(): void {
+    this.parked = true;
+    this.epoch += 1;
+    this.live = false;
+    this.filling = false;
+    this.held = [];
+  }
+
+  /** Starts again from `after` (a fresh state snapshot's seq). */
+  resume(after: number): void {
+    this.parked = false;
+    this.position = after;
+    this.restart();
   }
 
   /** The last reference went: whatever of it is still under way is dropped. */
@@ -102,6 +127,7 @@ export class Subscription {
 
   /** An event of this project from the service: handed over if it is the next, else held or dropped. */
   receive(event: Event): void {
+    if (this.parked) return;
     if (this.filling) {
       this.held.push(event);
       return;
@@ -175,11 +201,15 @@ export class Subscriptions {
     this.options = options;
   }
 
-  /** Adds a reference; the first one subscribes, from `after`, else from this client's position. */
+  /**
+   * Adds a reference; the first one subscribes, from `after`, else from this client's position. A
+   * parked subscription starts again from the `after` of the next subscribe that gives one.
+   */
   subscribe(projectId: string, after: number | undefined): void {
     const existing = this.byProject.get(projectId);
     if (existing !== undefined) {
       existing.refs += 1;
+      if (existing.parked && after !== undefined) this.resubscribe(projectId, after);
       return;
     }
     const subscription = new Subscription(this, projectId, after ?? this.positions.get(projectId) ?? null);
@@ -200,10 +230,22 @@ export class Subscriptions {
     this.acks.delete(projectId);
     this.byProject.delete(projectId);
     subscription.end();
-    if (this.host.connected()) {
+    // A parked subscription has none on the service to end.
+    if (this.host.connected() && !subscription.parked) {
       this.unsubscribing.set(projectId, (this.unsubscribing.get(projectId) ?? 0) + 1);
       this.host.send({ type: 'unsubscribe', projectId });
     }
+  }
+
+  /**
+   * Moves the subscription's one position to `after` and starts it again from there: after a
+   * `resync`, with a fresh state snapshot's seq. Does nothing for a project not subscribed.
+   */
+  resubscribe(projectId: string, after: number): void {
+    const subscription = this.byProject.get(projectId);
+    if (subscription === undefined) return;
+    this.positions.set(projectId, after);
+    subscription.resume(after);
   }
 
   /** The last seq of the project handed over (or its start), if this client knows it. */
@@ -243,11 +285,33 @@ export class Subscriptions {
     if (subscription !== undefined) subscription.live = false;
   }
 
-  /** An `error` frame not about a publish: a subscribe refused as `unavailable` is asked again. */
+  /**
+   * An `error` frame not about a publish: a subscribe refused as `unavailable` is asked again; one
+   * whose position the service cannot resume from (history_truncated, invalid_cursor) is parked, its
+   * unsent acks dropped (they name seqs of the log it can no longer follow), and `resync` is told.
+   * (Over SSE a truncated history comes once the stream has started, so `live` does not matter here.)
+   */
   refused(message: ErrorMessage): void {
     const ref = message.ref ?? null;
     const subscription = ref === null ? undefined : this.byProject.get(ref);
-    if (subscription !== undefined && !subscription.live && message.code === 'unavailable') subscription.unavailable();
+    if (subscription === undefined) return;
+    if (!subscription.live && message.code === 'unavailable') return subscription.unavailable();
+    if (subscription.parked) return; // a second answer to the same position
+    if (message.code === HISTORY_TRUNCATED) {
+      subscription.park();
+      this.acks.delete(subscription.projectId);
+      const truncation = truncationOf(message);
+      this.host.resync({
+        projectId: subscription.projectId,
+        code: HISTORY_TRUNCATED,
+        oldest: truncation?.oldest ?? null,
+        stateSeq: truncation?.stateSeq ?? null,
+      });
+    } else if (message.code === INVALID_CURSOR) {
+      subscription.park();
+      this.acks.delete(subscription.projectId);
+      this.host.resync({ projectId: subscription.projectId, code: INVALID_CURSOR });
+    }
   }
 
   receive(event: Event): void {

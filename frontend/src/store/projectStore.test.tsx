@@ -1,6 +1,7 @@
 // The project store: every handler idempotent and order-safe (any order of the same events, with
 // replays, folds to the server's fold), snapshot + live = the fold of the whole log, the store's
-// load/subscribe/unload cycle, unread counts, and the selectors. react.test.tsx covers the hooks.
+// load/subscribe/unload cycle, the reload after a resync, unread counts, and the selectors.
+// react.test.tsx covers the hooks.
 import { describe, expect, it, vi } from 'vitest';
 import { fakeProjectSource, hashOf, prEvent, projectState } from '../../tests/fakes';
 import { HeraldError } from '../services/errors';
@@ -225,6 +226,49 @@ describe('the store', () => {
     const reloaded = createProjectStore({ client: second.source, storage });
     await reloaded.getState().loadProject('p1');
     expect(reloaded.getState().projects.p1).toMatchObject({ unread: 2, readSeq: 7 });
+  });
+
+  it('reloads a project whose history was truncated: the fresh snapshot replaces the fold, resubscribed after its seq', async () => {
+    let snapshot = projectState(5, [prEvent(5), prEvent(3)]);
+    const { client, source, deliver, resync } = fakeProjectSource(async () => snapshot);
+    const store = createProjectStore({ client: source, storage: memoryStorage() });
+    await store.getState().loadProject('p1');
+    deliver(prEvent(6, 2));
+    store.getState().markRead('p1');
+    snapshot = projectState(40, [prEvent(40, 3), prEvent(6, 2)]);
+    resync({ projectId: 'p1', code: 'history_truncated', oldest: 30, stateSeq: 40 });
+    resync({ projectId: 'p1', code: 'history_truncated', oldest: 30, stateSeq: 40 }); // one reload at a time
+    await vi.waitFor(() => expect(client.resubscribe).toHaveBeenCalledWith('p1', 40));
+    expect(client.readState).toHaveBeenCalledTimes(2);
+    expect(client.resubscribe).toHaveBeenCalledTimes(1);
+    const project = store.getState().projects.p1;
+    expect(project).toMatchObject({ status: 'ready', seq: 40, readSeq: 6, unread: 1 });
+    expect(project.notice).toEqual({ kind: 'history_truncated', oldest: 30 });
+    expect(project).toEqual({ ...fromSnapshot(snapshot, 50, 6), notice: project.notice });
+    deliver(prEvent(41, 4));
+    expect(store.getState().projects.p1.seq).toBe(41);
+    store.getState().dismissNotice('p1');
+    expect(store.getState().projects.p1.notice).toBeUndefined();
+    expect('notice' in store.getState().projects.p1).toBe(false);
+    resync({ projectId: 'other', code: 'invalid_cursor' }); // not loaded: nothing
+    expect(client.readState).toHaveBeenCalledTimes(2);
+    store.dispose();
+  });
+
+  it('reloads a project whose log was reset (invalid_cursor), moving a read marker the new log has not reached', async () => {
+    let snapshot = projectState(9, [prEvent(9), prEvent(8)]);
+    const storage = memoryStorage();
+    const { client, source, resync } = fakeProjectSource(async () => snapshot);
+    const store = createProjectStore({ client: source, storage });
+    await store.getState().loadProject('p1');
+    expect(store.getState().projects.p1.readSeq).toBe(9);
+    snapshot = projectState(2, [prEvent(2), prEvent(1)]);
+    resync({ projectId: 'p1', code: 'invalid_cursor' });
+    await vi.waitFor(() => expect(client.resubscribe).toHaveBeenCalledWith('p1', 2));
+    expect(store.getState().projects.p1).toMatchObject({ seq: 2, readSeq: 2, unread: 0, notice: { kind: 'reset' } });
+    expect(store.getState().projects.p1.notifications.map((n) => n.seq)).toEqual([2, 1]);
+    expect(storage.getItem('herald.read.p1')).toBe('2'); // so notifications 3.. of the new log count as unread
+    store.dispose();
   });
 });
 

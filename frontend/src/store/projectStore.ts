@@ -12,7 +12,7 @@ import { backoff } from '../services/backoff';
 import type { HeraldClient } from '../services/client';
 import { HeraldError } from '../services/errors';
 import { browserStorage, type KeyValueStorage } from '../services/platform';
-import type { Event, EventType, ProjectState, WebSocketMessage } from '../types/websocket';
+import type { Event, EventType, ProjectState, Resync, WebSocketMessage } from '../types/websocket';
 
 /** An agent run: its latest `agent_run_progress` event (the run is `data.runId`). */
 export type AgentRun = WebSocketMessage<'agent_run_progress'>;
@@ -22,6 +22,14 @@ export type PullRequest = WebSocketMessage<'pr_notification'>;
 export type Validation = WebSocketMessage<'validation_update'>;
 /** A notification: one `pr_notification` event. */
 export type Notification = WebSocketMessage<'pr_notification'>;
+
+/**
+ * Why the project was reloaded from a fresh snapshot under the user's eyes, shown quietly until
+ * dismissed: `history_truncated`, the events after what the store held were pruned (`oldest` is
+ * the oldest kept, when the service said); `reset`, the service's log no longer reaches what the
+ * store held (its database was reset, or restored from an older backup).
+ */
+export type Notice = { kind: 'history_truncated'; oldest: number | null } | { kind: 'reset' };
 
 export interface Project {
   id: string;
@@ -42,6 +50,8 @@ export interface Project {
   readSeq: number;
   /** The notifications held that are not read. */
   unread: number;
+  /** Set when the project was reloaded because its history could not be followed (`dismissNotice`). */
+  notice?: Notice;
 }
 
 // --- the fold: pure, one handler per event type -------------------------------------------------------
@@ -214,14 +224,22 @@ export interface ProjectStoreState {
   unloadProject(projectId: string): void;
   /** Folds one event into its project (if loaded); idempotent. The client's events come here. */
   apply(event: WebSocketMessage): void;
+  /**
+   * Reloads the project (if loaded and subscribed) from a fresh snapshot, replacing what was folded,
+   * resubscribes after its seq and sets its `notice`. The client's `resync`s come here. Rejects (and
+   * leaves status 'error') when the snapshot is refused.
+   */
+  resync(resync: Resync): Promise<void>;
   /** Marks every notification of the project as read (kept in storage across reloads). */
   markRead(projectId: string): void;
+  /** Clears the project's `notice`. */
+  dismissNotice(projectId: string): void;
 }
 
 /** What the store needs of the client (a HeraldClient fits). */
 export type ProjectSource = Pick<
   HeraldClient,
-  'on' | 'subscribe' | 'unsubscribe' | 'readState' | 'readEvents' | 'position'
+  'on' | 'subscribe' | 'unsubscribe' | 'resubscribe' | 'readState' | 'readEvents' | 'position'
 >;
 
 export interface ProjectStoreOptions {
@@ -247,6 +265,8 @@ interface Load {
   /** The client subscription is made (so unloading must end it). */
   subscribed: boolean;
   cancelled: boolean;
+  /** A reload after a `resync` is under way. */
+  reloading: boolean;
 }
 
 const READ_KEY = (projectId: string) => `herald.read.${projectId}`;
@@ -279,14 +299,14 @@ export function createProjectStore(options: ProjectStoreOptions): ProjectStore {
       if (next !== project) set({ projects: { ...get().projects, [projectId]: next } });
     };
 
-    const load = async (projectId: string, entry: Load): Promise<void> => {
-      let snapshot: ProjectState;
+    /** The snapshot, asked again with backoff until it comes (null: unloaded meanwhile); throws when refused. */
+    const readSnapshot = async (projectId: string, entry: Load): Promise<ProjectState | null> => {
       for (let failures = 0; ; failures += 1) {
         try {
-          snapshot = await client.readState(projectId, limit);
-          break;
+          const snapshot = await client.readState(projectId, limit);
+          return entry.cancelled ? null : snapshot;
         } catch (error) {
-          if (entry.cancelled) return;
+          if (entry.cancelled) return null;
           const message = error instanceof Error ? error.message : String(error);
           if (error instanceof HeraldError && REFUSED.has(error.code)) {
             update(projectId, (project) => ({ ...project, status: 'error', error: `${error.code}: ${message}` }));
@@ -294,10 +314,14 @@ export function createProjectStore(options: ProjectStoreOptions): ProjectStore {
           }
           update(projectId, (project) => ({ ...project, error: message }));
           await new Promise((resolve) => setTimeout(resolve, backoff(failures, minDelay, maxDelay)));
-          if (entry.cancelled) return;
+          if (entry.cancelled) return null;
         }
       }
-      if (entry.cancelled) return;
+    };
+
+    const load = async (projectId: string, entry: Load): Promise<void> => {
+      const snapshot = await readSnapshot(projectId, entry);
+      if (snapshot === null) return;
       const readSeq = storedReadSeq(projectId) ?? snapshot.seq;
       if (storedReadSeq(projectId) === null) storage.setItem(READ_KEY(projectId), String(readSeq));
       let project = fromSnapshot(snapshot, limit, readSeq);
@@ -319,8 +343,39 @@ export function createProjectStore(options: ProjectStoreOptions): ProjectStore {
       }
     };
 
+    /**
+     * The client parked the project's subscription (its position cannot be resumed): the folded
+     * state is replaced by a fresh snapshot, the subscription restarts after its seq (the client
+     * hands over nothing in between, so nothing is folded twice or missed), and the project gets
+     * its notice. After a reset the read marker may name seqs of the old log: it moves to the
+     * snapshot, so only what arrives afterwards counts as unread.
+     */
+    const reload = async (resync: Resync): Promise<void> => {
+      const { projectId } = resync;
+      const entry = loads.get(projectId);
+      // Not subscribed by this store yet: its load reads a snapshot and subscribes after it anyway.
+      if (entry === undefined || !entry.subscribed || entry.reloading) return;
+      entry.reloading = true;
+      try {
+        const snapshot = await readSnapshot(projectId, entry);
+        if (snapshot === null) return;
+        const notice: Notice =
+          resync.code === 'history_truncated' ? { kind: 'history_truncated', oldest: resync.oldest } : { kind: 'reset' };
+        let readSeq = storedReadSeq(projectId) ?? snapshot.seq;
+        if (notice.kind === 'reset' && readSeq > snapshot.seq) {
+          readSeq = snapshot.seq;
+          storage.setItem(READ_KEY(projectId), String(readSeq));
+        }
+        set({ projects: { ...get().projects, [projectId]: { ...fromSnapshot(snapshot, limit, readSeq), notice } } });
+        client.resubscribe(projectId, snapshot.seq);
+      } finally {
+        entry.reloading = false;
+      }
+    };
+
     return {
       projects: {},
+      resync: reload,
 
       loadProject(projectId) {
         const existing = loads.get(projectId);
@@ -328,7 +383,14 @@ export function createProjectStore(options: ProjectStoreOptions): ProjectStore {
           existing.refs += 1;
           return existing.promise;
         }
-        const entry: Load = { refs: 1, promise: Promise.resolve(), early: [], subscribed: false, cancelled: false };
+        const entry: Load = {
+          refs: 1,
+          promise: Promise.resolve(),
+          early: [],
+          subscribed: false,
+          cancelled: false,
+          reloading: false,
+        };
         loads.set(projectId, entry);
         set({ projects: { ...get().projects, [projectId]: emptyProject(projectId, limit) } });
         entry.promise = load(projectId, entry);
@@ -366,14 +428,30 @@ export function createProjectStore(options: ProjectStoreOptions): ProjectStore {
           return { ...project, readSeq, unread: countUnread(project.notifications, readSeq) };
         });
       },
+
+      dismissNotice(projectId) {
+        update(projectId, (project) => {
+          if (project.notice === undefined) return project;
+          const next = { ...project };
+          delete next.notice;
+          return next;
+        });
+      },
     };
   });
 
-  const stop = client.on('message', (event) => store.getState().apply(event));
+  const stops = [
+    client.on('message', (event) => store.getState().apply(event)),
+    client.on('resync', (resync) => {
+      store.getState().resync(resync).catch(() => {
+        // Refused (forbidden, not found): the project's status says it.
+      });
+    }),
+  ];
   return {
     ...store,
     dispose() {
-      stop();
+      for (const stop of stops) stop();
       for (const projectId of [...loads.keys()]) {
         const entry = loads.get(projectId);
         if (entry !== undefined) entry.refs = 1;

@@ -11,6 +11,7 @@ export const ERROR_CODES = [
   'invalid_data',
   'invalid_ack',
   'invalid_cursor',
+  'history_truncated',
   'invalid_frame',
   'unknown_type',
   'not_subscribed',

@@ -67,6 +67,22 @@ export interface SubscribeOptions {
   after?: number;
 }
 
+/**
+ * A subscription the service will not resume from this client's position (the client's `resync`
+ * event). The subscription is parked: it sends nothing and hands nothing over, across reconnects,
+ * until `resubscribe(projectId, after)` (or a `subscribe` with `after`) moves it. The application
+ * reloads the state snapshot and resubscribes after its `seq` (the project store does).
+ *
+ * - `history_truncated`: the position is below the oldest event kept (`oldest`): the events between
+ *   were pruned. `stateSeq` is the seq of the state snapshot now (docs/protocol.md §7.4); either is
+ *   null if the service did not say.
+ * - `invalid_cursor`: the position is beyond the project's head: the log is not the one this client
+ *   read (the database was reset, or restored from an older backup).
+ */
+export type Resync =
+  | { projectId: string; code: 'history_truncated'; oldest: number | null; stateSeq: number | null }
+  | { projectId: string; code: 'invalid_cursor' };
+
 /** What `useWebSocket()` returns (the seed's UseWebSocketReturn). */
 export interface UseWebSocketReturn {
   state: WebSocketState;

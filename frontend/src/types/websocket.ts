@@ -122,12 +122,28 @@ export interface ErrorBody {
    * the same, for a batch: every event's, in order
    */
   messageIds?: string[] | null;
+  /**
+   * `history_truncated`: the oldest seq the log keeps
+   */
+  oldest?: number | null;
+  /**
+   * `history_truncated`: reload the state (at this seq or later), resume after its seq
+   */
+  stateSeq?: number | null;
 }
 export interface ErrorMessage {
   type: 'error';
   code: string;
   message: string;
   ref?: string | null;
+  /**
+   * `history_truncated`: the oldest seq the log keeps
+   */
+  oldest?: number | null;
+  /**
+   * `history_truncated`: reload the state (at this seq or later), resume after its seq
+   */
+  stateSeq?: number | null;
 }
 /**
  * An appended event, as it appears everywhere (HTTP bodies, WebSocket frames, SSE `data:`).

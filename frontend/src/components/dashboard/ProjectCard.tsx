@@ -1,10 +1,17 @@
 // One project, live: its agent runs (progress, status, step), its recent pull-request notifications,
-// the status of each validation, and how many notifications are unread. The root carries
-// `data-project-id`; every item carries the `data-seq` of the event it shows.
+// the status of each validation, how many notifications are unread, and a quiet line when the project
+// was reloaded because its history could not be followed. The root carries `data-project-id`; every
+// item carries the `data-seq` of the event it shows.
 import { useState, type ReactNode } from 'react';
 import type { ProjectInfo } from '../../api';
 import { projectPath } from '../../route';
-import { pullRequestKey, runsByActivity, validationsByPullRequest, type Project } from '../../store/projectStore';
+import {
+  pullRequestKey,
+  runsByActivity,
+  validationsByPullRequest,
+  type Notice,
+  type Project,
+} from '../../store/projectStore';
 import { useProject, useProjectStore } from '../../store/react';
 import { Icon } from '../Icon';
 import { Link } from '../Link';
@@ -71,6 +78,24 @@ function More({ shown, total, noun, to, onShowAll }: MoreProps) {
   );
 }
 
+const NOTICE_TEXT: Record<Notice['kind'], string> = {
+  history_truncated: 'Older history was pruned; showing the current state.',
+  reset: 'The service’s log was reset; reloaded the current state.',
+};
+
+/** Why the project was reloaded: a polite status line, not an alert, until dismissed. */
+function ProjectNotice({ notice, onDismiss }: { notice: Notice; onDismiss: () => void }) {
+  const title = notice.kind === 'history_truncated' && notice.oldest !== null ? `The oldest event kept is #${notice.oldest}` : undefined;
+  return (
+    <p className="card-notice" role="status" data-notice={notice.kind} title={title}>
+      <span>{NOTICE_TEXT[notice.kind]}</span>
+      <button type="button" className="link-button" onClick={onDismiss}>
+        Dismiss
+      </button>
+    </p>
+  );
+}
+
 interface SectionProps {
   title: string;
   aside?: string;
@@ -104,6 +129,7 @@ export interface ProjectCardProps {
 export function ProjectCard({ info, variant = 'compact' }: ProjectCardProps) {
   const project = useProject(info.id);
   const markRead = useProjectStore((state) => state.markRead);
+  const dismissNotice = useProjectStore((state) => state.dismissNotice);
   const [all, setAll] = useState(false);
   const page = variant === 'compact' ? projectPath(info.id) : null;
   const limits = CARD_LIMITS[variant];
@@ -178,6 +204,7 @@ export function ProjectCard({ info, variant = 'compact' }: ProjectCardProps) {
           )}
         </div>
       </header>
+      {project?.notice !== undefined ? <ProjectNotice notice={project.notice} onDismiss={() => dismissNotice(info.id)} /> : null}
       {body}
     </article>
   );
