@@ -1,8 +1,8 @@
 // The auditor's view of a project page in Chromium against the real service (docs/protocol.md §7.3):
 // the chain verified through the head, the history narrowed by subject and by time (the list is the
 // service's answer), the export of what the filters match saved as a file, and who has seen an event
-// a client acked. A token with the audit scope but not admin gets the same tools; one without it is
-// told, quietly, that it cannot verify.
+// a client acked; a row changed behind the service's back named, in red. A token with the audit scope but
+// not admin gets the same tools; one without it is told, quietly, that it cannot verify.
 import { readFile } from 'node:fs/promises';
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -159,6 +159,32 @@ describe("the auditor's view", () => {
     expect(await mine.textContent()).toMatch(/^auditor/);
     expect(await history.getByRole('button', { name: 'Export CSV' }).count()).toBe(1);
     expect(await page.locator('section.cursors').count()).toBe(0);
+    expect(unexpectedErrors(dashboard.errors)).toEqual([]);
+    await dashboard.context.close();
+  });
+
+  it('shows, in red, the first seq an attacker with database access changed, once re-verified', async () => {
+    await service.createProject('tampered');
+    for (let i = 1; i <= 4; i += 1) {
+      await publish(service, 'tampered', 'agent_run_progress', { runId: 'r', status: 'running', progress: i * 10 });
+    }
+    const dashboard = await openDashboard(browser, service, tokenFor(service, ['tampered']), { path: '/projects/tampered' });
+    const { page } = dashboard;
+    const chain = page.getByRole('region', { name: 'Hash chain' });
+    await chain.and(page.locator('[data-chain="intact"]')).getByText('Chain verified through seq 4').waitFor();
+
+    // Straight in PostgreSQL, not through the service: the page must not take the log's word for it.
+    service.tamper(`UPDATE events SET data = jsonb_set(data, '{progress}', '99') WHERE project_id = 'tampered' AND seq = 3`);
+    await chain.getByRole('button', { name: 'Re-verify' }).click();
+    await chain.and(page.locator('[data-chain="broken"]')).waitFor();
+    const verdict = chain.getByRole('status');
+    expect(await verdict.textContent()).toMatch(/Chain broken at seq 3/);
+    expect(await verdict.textContent()).toMatch(/does not continue the chain/);
+    const badge = verdict.locator('.badge');
+    expect(await badge.getAttribute('class')).toMatch(/tone-failure/);
+    expect(await badge.evaluate((element) => getComputedStyle(element).color)).not.toBe(
+      await verdict.locator('.chain-reason').evaluate((element) => getComputedStyle(element.ownerDocument.body).color),
+    );
     expect(unexpectedErrors(dashboard.errors)).toEqual([]);
     await dashboard.context.close();
   });

@@ -200,6 +200,25 @@ export class Service {
     });
   }
 
+  /**
+   * What an attacker with access to the database does: one SQL statement run straight in this
+   * instance's embedded PostgreSQL, bypassing the service (for the audit chain's tests).
+   */
+  tamper(statement: string): void {
+    const script = [
+      'import asyncio, sys, asyncpg',
+      'from service import db',
+      'async def tamper(url, statement):',
+      '    conn = await asyncpg.connect(db.asyncpg_dsn(url))',
+      '    try:',
+      '        await conn.execute(statement)',
+      '    finally:',
+      '        await conn.close()',
+      'asyncio.run(tamper(sys.argv[1], sys.argv[2]))',
+    ].join('\n');
+    execFileSync(PYTHON, ['-c', script, this.embeddedDatabaseUrl(), statement], { cwd: repo, env: this.env });
+  }
+
   /** This client's durable cursor for a project (0 when it has none). */
   async cursor(projectId: string, clientId: string): Promise<number> {
     const { body } = await this.request<{ cursors: { clientId: string; seq: number }[] }>(
