@@ -350,3 +350,39 @@ async def test_an_export_a_prune_overtakes_is_cut_short_not_holed(
                     pass
     finally:
         await conn.close()
+
+
+async def test_checkpoints_taken_before_a_prune_still_check_out(
+    server: RunningServer, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """Receipts at seqs a prune removed: `audit verify --archive` checks them against the archive; without the
+    archive, the one at oldest - 1 is checked against the hash the live chain starts from, and a rewritten
+    `pruned_hash` is named there."""
+    await create(client, "p")
+    receipts = []
+    for count in (5, 3):
+        await publish_mixed(client, "p", len(receipts) * 5 + 1, count)
+        done = await asyncio.to_thread(cli, server, "audit", "checkpoint", "p")
+        assert done.returncode == 0, done.stderr
+        receipts.append(tmp_path / f"receipt-{len(receipts)}.json")
+        receipts[-1].write_text(done.stdout)
+    await publish_mixed(client, "p", 20, 4)
+    await set_policy(client, "p", {"keepEvents": 4})
+    root = tmp_path / "archive"
+    done = await asyncio.to_thread(cli, server, "prune", "--archive", str(root))
+    assert done.returncode == 0 and json.loads(done.stdout)["last"] == 8, done.stdout + done.stderr
+
+    checks = [arg for receipt in receipts for arg in ("--checkpoint", str(receipt))]
+    for extra in ([], ["--archive", str(root)]):
+        done = await asyncio.to_thread(cli, server, "audit", "verify", "p", *checks, *extra)
+        assert done.returncode == 0 and "intact through seq 12" in done.stdout, done.stdout + done.stderr
+
+    conn = await connect(server)
+    try:
+        await conn.execute("UPDATE projects SET pruned_hash = $1 WHERE id = 'p'", bytes(32))
+    finally:
+        await conn.close()
+    done = await asyncio.to_thread(cli, server, "audit", "verify", "p", *checks)
+    assert done.returncode == 1 and "broken at seq 8" in done.stdout, done.stdout + done.stderr
+    done = await asyncio.to_thread(cli, server, "audit", "verify", "p", "--archive", str(root))
+    assert done.returncode == 1 and "broken at seq 8" in done.stdout, done.stdout + done.stderr
