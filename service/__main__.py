@@ -1,4 +1,4 @@
-"""The command line: serve, migrate, token, project add, audit, schema, demo.
+"""The command line: serve, migrate, token, project add|retention, prune, audit, schema, demo.
 
 `python -m service --help` lists them; every command reads the same environment as the server
 (DATABASE_URL, HERALD_DATA_DIR, HERALD_SECRET), so a token printed here is valid there.
@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from . import audit, auth, db
+from . import archive, audit, auth, db, retention
 from .config import ConfigError, Settings, load_settings
 from .messages import ProjectCreate, json_schema
 
@@ -194,6 +194,54 @@ def cmd_project_add(args: argparse.Namespace) -> int:
     return on_database(load_settings(), add)
 
 
+def cmd_project_retention(args: argparse.Namespace) -> int:
+    """Set a project's retention policy; the next prune (scheduled, or `prune`) applies it."""
+    policy = retention.Policy(keep_days=args.keep_days, keep_events=args.keep_events)
+
+    async def work(conn: asyncpg.Connection) -> int:
+        if not await retention.set_policy(conn, args.id, policy):
+            print(f"error: no project {args.id!r}", file=sys.stderr)
+            return 1
+        print(json.dumps({"id": args.id, "retention": policy.to_dict()}))
+        return 0
+
+    return on_database(load_settings(), work)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Prune now by the projects' policies (or one project's), archiving first with --archive; prints one
+    JSON line per project pruned: its id, the seqs removed from the log and the archive file."""
+    from datetime import UTC, datetime
+
+    async def work(conn: asyncpg.Connection) -> int:
+        if args.project is not None and await retention.policy(conn, args.project) is None:
+            print(f"error: no project {args.project!r}", file=sys.stderr)
+            return 1
+        archive_root = None if args.archive is None else Path(args.archive)
+        done = await retention.prune_all(conn, archive=archive_root, now=datetime.now(UTC), project_id=args.project)
+        for pruned in done:
+            print(json.dumps(pruned.to_dict()))
+        if not done:
+            print("nothing to prune", file=sys.stderr)
+        return 0
+
+    return on_database(load_settings(), work)
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def days(text: str) -> int:
+    value = positive(text)
+    if value > retention.MAX_KEEP_DAYS:
+        raise argparse.ArgumentTypeError(f"{text} days is more than {retention.MAX_KEEP_DAYS}")
+    return value
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     text = json.dumps(json_schema(), indent=2, sort_keys=False) + "\n"
     if args.out:
@@ -229,7 +277,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
             if args.audit_command == "checkpoint":
                 print(json.dumps(await audit.checkpoint(conn, args.id, settings.signing_secret())))
                 return 0
-            verdict = await audit.verify(conn, args.id, expect=expect)
+            if getattr(args, "archive", None) is not None:
+                verdict = await archive.verify(conn, args.id, Path(args.archive), expect=expect)
+            else:
+                verdict = await audit.verify(conn, args.id, expect=expect)
         except audit.NoSuchProject:
             print(f"error: no project {args.id!r}", file=sys.stderr)
             return 2
@@ -303,6 +354,19 @@ def parser() -> argparse.ArgumentParser:
     )
     add.set_defaults(func=cmd_project_add)
 
+    keep = project_sub.add_parser("retention", help="set how much of a project's log is kept (default: forever)")
+    keep.add_argument("id")
+    how = keep.add_mutually_exclusive_group(required=True)
+    how.add_argument("--keep-days", type=days, metavar="D", help="keep events at most D days old")
+    how.add_argument("--keep-events", type=positive, metavar="N", help="keep the latest N events")
+    how.add_argument("--forever", action="store_true", help="keep every event")
+    keep.set_defaults(func=cmd_project_retention)
+
+    prune = sub.add_parser("prune", help="prune now by the projects' retention policies")
+    prune.add_argument("--archive", metavar="DIR", help="first write what is pruned to DIR (gzip ndjson, with hashes)")
+    prune.add_argument("--project", metavar="ID", help="only this project")
+    prune.set_defaults(func=cmd_prune)
+
     audit_parser = sub.add_parser("audit", help="verify a project's hash chain; signed checkpoints")
     audit_sub = audit_parser.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     verify = audit_sub.add_parser(
@@ -311,6 +375,9 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("id")
     verify.add_argument(
         "--checkpoint", action="append", metavar="FILE", help="a receipt from `audit checkpoint` the log must match"
+    )
+    verify.add_argument(
+        "--archive", metavar="DIR", help="also verify the pruned part of the chain, archived under DIR by `prune`"
     )
     checkpoint = audit_sub.add_parser("checkpoint", help="verify, then print a signed receipt of the chain's head")
     checkpoint.add_argument("id")

@@ -120,15 +120,21 @@ class NoSuchProject(Exception):
     pass
 
 
+# Only the kept log, from the watermark: events below it that a prune left for the state (retention.py)
+# are no longer part of the chain a verifier walks.
 _ROWS = (
-    "SELECT seq, message_id, type, data::text AS data, created_at, hash FROM events WHERE project_id = $1 ORDER BY seq"
+    "SELECT seq, message_id, type, data::text AS data, created_at, hash FROM events "
+    "WHERE project_id = $1 AND seq >= $2 ORDER BY seq"
 )
 
 
 async def verify(
     conn: asyncpg.Connection, project_id: str, *, expect: Mapping[int, bytes] | None = None, prefetch: int = 2000
 ) -> Verdict:
-    """Recompute `project_id`'s chain from its first event to its head; the first seq that breaks it.
+    """Recompute `project_id`'s chain from its oldest kept event to its head; the first seq that breaks it.
+
+    After a prune the chain starts at `oldest` from `pruned_hash`, the hash the pruned events ended
+    with (retention.py); `verify_archive` there checks the archived part and joins it to this one.
 
     Reads one consistent snapshot (a repeatable-read transaction) through a server-side cursor, so
     memory stays flat however long the log, and appends going on meanwhile neither wait nor confuse it.
@@ -139,12 +145,26 @@ async def verify(
     if expect.pop(0, GENESIS) != GENESIS:
         return Verdict(False, first_bad=1, reason="the checkpoint at seq 0 does not hold the empty chain's hash")
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        project = await conn.fetchrow("SELECT head, last_hash FROM projects WHERE id = $1", project_id)
+        project = await conn.fetchrow(
+            "SELECT head, last_hash, oldest, pruned_hash FROM projects WHERE id = $1", project_id
+        )
         if project is None:
             raise NoSuchProject(project_id)
         head: int = project["head"]
-        previous, expected = GENESIS, 1
-        async for row in conn.cursor(_ROWS, project_id, prefetch=prefetch):
+        previous, expected = bytes(project["pruned_hash"]), project["oldest"]
+        for at, digest in list(expect.items()):
+            if at < expected - 1:  # pruned: the archive's verifier checks it (archive.verify)
+                del expect[at]
+            elif at == expected - 1 and digest != previous:
+                return Verdict(
+                    False,
+                    first_bad=at,
+                    reason=f"the chain at seq {at} differs from the checkpoint's: the log up to seq {at} was "
+                    "rewritten and its hashes recomputed",
+                )
+            elif at == expected - 1:
+                del expect[at]
+        async for row in conn.cursor(_ROWS, project_id, expected, prefetch=prefetch):
             seq: int = row["seq"]
             if seq != expected:
                 return Verdict(False, first_bad=expected, reason=f"seq {expected} is missing from the log")

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
         default_factory=list, validation_alias="HERALD_ALLOWED_ORIGINS"
     )
     github_webhook_secret: str | None = Field(default=None, validation_alias="GITHUB_WEBHOOK_SECRET")
+    # Retention (docs/protocol.md §7.4): how often the service prunes by the projects' policies, and where
+    # it archives what it prunes (default: <HERALD_DATA_DIR>/archive, so nothing leaves unarchived).
+    prune_interval_s: float = Field(default=3600.0, gt=0, validation_alias="HERALD_PRUNE_INTERVAL_S")
+    archive_dir: Path | None = Field(default=None, validation_alias="HERALD_ARCHIVE_DIR")
     heartbeat_ms: int = Field(default=15_000, ge=100, validation_alias="HERALD_HEARTBEAT_MS")
     sse_keepalive_ms: int = Field(default=15_000, ge=100, validation_alias="HERALD_SSE_KEEPALIVE_MS")
     # How long a request waits for a pooled connection or a statement before answering 503.
@@ -105,7 +109,7 @@ class Settings(BaseSettings):
             return [s.strip() for s in value.split(",") if s.strip()]
         return value
 
-    @field_validator("github_webhook_secret", mode="before")
+    @field_validator("github_webhook_secret", "archive_dir", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         # `GITHUB_WEBHOOK_SECRET=` (docker-compose's default) must disable webhooks, never make an empty
@@ -137,6 +141,10 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when the service runs its own PostgreSQL in the data dir."""
         return self.database_url is None
+
+    def archive_root(self) -> Path:
+        """Where scheduled prunes archive: HERALD_ARCHIVE_DIR, else <HERALD_DATA_DIR>/archive."""
+        return self.archive_dir if self.archive_dir is not None else self.data_dir / "archive"
 
     def signing_secret(self) -> str:
         """The token secret: the configured one, else (embedded default only) one kept in the data dir.

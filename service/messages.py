@@ -249,6 +249,15 @@ class Project(Wire):
     head: int
 
 
+class Retention(Wire):
+    """A project's retention policy (docs/protocol.md §7.4): exactly one of the three. The answer to
+    `PUT /api/projects/{id}/retention` has the same shape."""
+
+    keep_days: int | None = Field(default=None, ge=1, le=36_500, description="keep events at most this many days old")
+    keep_events: int | None = Field(default=None, ge=1, le=MAX_SAFE_INTEGER, description="keep the latest N events")
+    forever: Literal[True] | None = Field(default=None, description="keep every event (the default)")
+
+
 class ProjectList(Wire):
     projects: list[Project]
 

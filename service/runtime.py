@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from . import auth, db, eventlog, state
+from . import auth, db, eventlog, retention, state
 from .codes import CloseCode
 from .config import Settings
 from .connection import keep_alive
@@ -112,6 +112,11 @@ class Runtime:
             self.acks.run(),
             keep_alive(self.hub.clients, heartbeat_s),
             state.keep_summaries(self.database.connection),
+            retention.keep_pruning(
+                self.database.connection,
+                archive=self.settings.archive_root(),
+                interval_s=self.settings.prune_interval_s,
+            ),
         ):
             task = asyncio.create_task(coro)
             self.background.add(task)  # strong references: a collected task would silently stop

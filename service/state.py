@@ -242,7 +242,8 @@ ORDER BY seq DESC LIMIT $4
 
 async def read_at(conn: asyncpg.Connection, project_id: str, at: int, *, limit: int = DEFAULT_LIMIT) -> Snapshot:
     """The project's snapshot as of seq `at`: `fold` of its events 1..at, with `seq` = at. The caller
-    checks that 0 <= at <= head (the log below the head never changes, so neither does the answer).
+    checks that oldest - 1 <= at <= head (the log below the head never changes, so neither does the
+    answer; below the watermark a prune removed events the stretches point at, retention.py).
 
     The latest event of each subject up to `at` is found newest first: the events after the last
     stretch boundary, folded here (fewer than STRETCH), then each stretch's subjects from the newest

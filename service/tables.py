@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
@@ -47,6 +48,13 @@ projects = Table(
     # The low watermark: the oldest seq the log keeps (events with seq < oldest were pruned). A read
     # starting below it is `history_truncated` (eventlog.truncated); 1 until anything is pruned.
     Column("oldest", BigInteger, nullable=False, server_default=text("1")),
+    # The chain's hash at seq oldest - 1, where the kept log's chain begins (audit.verify starts from it,
+    # and an archive's last hash must equal it); 32 zero bytes until anything is pruned.
+    Column("pruned_hash", LargeBinary, nullable=False, server_default=text("'\\x" + "00" * 32 + "'::bytea")),
+    # The retention policy (retention.py): keep events at most this many days old, or the latest this many;
+    # both NULL: keep forever, the default.
+    Column("keep_days", Integer, nullable=True),
+    Column("keep_events", BigInteger, nullable=True),
 )
 # GitHub compares repository names case-insensitively, and so do uniqueness and webhook routing.
 Index("projects_repo_key", func.lower(projects.c.repo), unique=True)

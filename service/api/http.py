@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from .. import cursors, eventlog, state
+from .. import cursors, eventlog, retention, state
 from ..codes import ErrorCode
 from ..db import ConnectionLost, Database
 from ..messages import (
@@ -49,6 +49,7 @@ from ..messages import (
     PublishBatchRequest,
     PublishBatchResult,
     PublishRequest,
+    Retention,
     check,
     event_data,
     format_timestamp,
@@ -249,6 +250,28 @@ async def create_project(request: Request, principal: Auth, database: DatabaseDe
     return json_response(project.to_dict(), 201)
 
 
+@router.put(
+    "/api/projects/{project_id}/retention",
+    response_model=Retention,
+    responses=ERRORS,
+    openapi_extra=_body(Retention),
+    tags=["projects"],
+)
+async def set_retention(project_id: str, request: Request, principal: Auth, database: DatabaseDep) -> Response:
+    """Set how much of the project's log is kept (admin): `{"keepDays":D}`, `{"keepEvents":N}` or
+    `{"forever":true}`. The next prune applies it; the answer is the policy now in force."""
+    require(principal, "admin", project_id)
+    body = validate(Retention, await read_json(request))
+    given = [name for name, value in body.model_dump(by_alias=True).items() if value is not None]
+    if len(given) != 1:
+        raise ApiError(ErrorCode.INVALID_DATA, "give exactly one of keepDays, keepEvents and forever")
+    policy = retention.Policy(keep_days=body.keep_days, keep_events=body.keep_events)
+    async with database.connection() as conn:
+        if not await retention.set_policy(conn, project_id, policy):
+            raise project_missing(project_id)
+    return json_response(policy.to_dict())
+
+
 @router.get("/api/projects", response_model=ProjectList, responses=ERRORS, tags=["projects"])
 async def list_projects(principal: Auth, database: DatabaseDep) -> Response:
     """The projects this token names, with their heads."""
@@ -396,6 +419,10 @@ def csv_rows(events: Sequence[eventlog.StoredEvent], *, header: bool = False) ->
     return out.getvalue().encode()
 
 
+class ExportOvertaken(Exception):
+    """A prune passed an export under way: the response is aborted (docs/protocol.md §7.4)."""
+
+
 async def export_body(
     database: Database,
     project_id: str,
@@ -408,7 +435,11 @@ async def export_body(
 ) -> AsyncIterator[bytes]:
     """The export's body, a page of events at a time. The next page is read (on a pooled connection
     taken for that one query) only once the response has taken the previous one: the server sends
-    while the client reads, and holds one page at most, however slowly the client downloads."""
+    while the client reads, and holds one page at most, however slowly the client downloads.
+
+    A prune that passes an export under way (its next page would start below the watermark) aborts the
+    response, which the client sees as a transfer cut short, never as a whole export with a hole: the
+    watermark is read after each page, so a page read before the prune committed is the only kind sent."""
     if format == "csv":
         yield csv_rows([], header=True)
     while True:
@@ -416,6 +447,9 @@ async def export_body(
             events, next_cursor = await eventlog.read_page(
                 conn, project_id, after=after, before=before, limit=EXPORT_PAGE, where=where, ranges=ranges
             )
+            bounds = await eventlog.bounds(conn, project_id)
+        if bounds is not None and eventlog.truncated(after, bounds.oldest):
+            raise ExportOvertaken(eventlog.HistoryTruncated(after, bounds.oldest, bounds.head))
         if events:
             yield b"".join(e.encode() + b"\n" for e in events) if format == "ndjson" else csv_rows(events)
         if next_cursor is None:
@@ -468,7 +502,7 @@ async def export(
     )
 
 
-@router.get("/api/projects/{project_id}/state", response_model=ProjectState, responses=ERRORS, tags=["events"])
+@router.get("/api/projects/{project_id}/state", response_model=ProjectState, responses=TRUNCATABLE, tags=["events"])
 async def project_state(
     project_id: str,
     principal: Auth,
@@ -485,12 +519,21 @@ async def project_state(
         if at is None:
             snapshot = await state.read(conn, project_id, limit=limit)
         else:
-            head = await eventlog.head(conn, project_id)
-            if head is None:
+            bounds = await eventlog.bounds(conn, project_id)
+            if bounds is None:
                 raise project_missing(project_id)
-            if at > head:
-                raise ApiError(ErrorCode.INVALID_DATA, f"at: {at} is beyond the project's head {head}", field="at")
+            if at > bounds.head:
+                raise ApiError(
+                    ErrorCode.INVALID_DATA, f"at: {at} is beyond the project's head {bounds.head}", field="at"
+                )
+            # Below the watermark, the state's stretches point at pruned events (docs/protocol.md §7.4); a
+            # prune that passes `at` while it is read makes the answer incomplete, hence the second look.
+            if eventlog.truncated(at, bounds.oldest):
+                raise truncated_error(eventlog.HistoryTruncated(at, bounds.oldest, bounds.head))
             snapshot = await state.read_at(conn, project_id, at, limit=limit)
+            after = await eventlog.bounds(conn, project_id)
+            if after is not None and eventlog.truncated(at, after.oldest):
+                raise truncated_error(eventlog.HistoryTruncated(at, after.oldest, after.head))
     if snapshot is None:
         raise project_missing(project_id)
     return Response(snapshot.encode(), media_type=JSON)
@@ -623,7 +666,7 @@ def install(app: FastAPI, *, frontend_dist: Path | None) -> None:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (PublishRequest, PublishBatchRequest, ProjectCreate, AckRequest):
+            for model in (PublishRequest, PublishBatchRequest, ProjectCreate, AckRequest, Retention):
                 definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(definition.pop("$defs", {}))
                 components[model.__name__] = definition
