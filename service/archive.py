@@ -178,12 +178,7 @@ async def verify(
                     )
                 wanted = expect.pop(seq, None)
                 if wanted is not None and wanted != computed:
-                    return audit.Verdict(
-                        False,
-                        first_bad=seq,
-                        reason=f"the chain at seq {seq} differs from the checkpoint's: the archive up to seq {seq} "
-                        "was rewritten and its hashes recomputed",
-                    )
+                    return audit.rewritten(seq, "archive")
                 previous, expected = computed, seq + 1
         except (OSError, EOFError) as exc:  # not gzip, or cut short
             return audit.Verdict(False, first_bad=expected, reason=f"{file.path.name} cannot be read: {exc}")

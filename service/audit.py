@@ -102,7 +102,7 @@ def link(previous: bytes, canonical_form: bytes) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What verifying a log found: intact through `head` with the chain's `hash` there, or broken at
-    `first_bad` for `reason`. `at` holds the chain's hash at the seqs asked for (checkpoints)."""
+    `first_bad` for `reason`."""
 
     ok: bool
     head: int = 0
@@ -114,6 +114,17 @@ class Verdict:
         if self.ok:
             return {"ok": True, "head": self.head, "hash": self.hash.hex()}
         return {"ok": False, "firstBad": self.first_bad, "reason": self.reason}
+
+
+def rewritten(seq: int, part: str = "log") -> Verdict:
+    """A checkpoint's hash at `seq` that the recomputed chain no longer has, though every stored hash
+    matches: the `part` (log or archive) was rewritten with its hashes recomputed."""
+    return Verdict(
+        False,
+        first_bad=seq,
+        reason=f"the chain at seq {seq} differs from the checkpoint's: the {part} up to seq {seq} was "
+        "rewritten and its hashes recomputed",
+    )
 
 
 class NoSuchProject(Exception):
@@ -156,12 +167,7 @@ async def verify(
             if at < expected - 1:  # pruned: the archive's verifier checks it (archive.verify)
                 del expect[at]
             elif at == expected - 1 and digest != previous:
-                return Verdict(
-                    False,
-                    first_bad=at,
-                    reason=f"the chain at seq {at} differs from the checkpoint's: the log up to seq {at} was "
-                    "rewritten and its hashes recomputed",
-                )
+                return rewritten(at)
             elif at == expected - 1:
                 del expect[at]
         async for row in conn.cursor(_ROWS, project_id, expected, prefetch=prefetch):
@@ -188,12 +194,7 @@ async def verify(
                 )
             wanted = expect.pop(seq, None)
             if wanted is not None and wanted != computed:
-                return Verdict(
-                    False,
-                    first_bad=seq,
-                    reason=f"the chain at seq {seq} differs from the checkpoint's: the log up to seq {seq} was "
-                    "rewritten and its hashes recomputed",
-                )
+                return rewritten(seq)
             previous, expected = computed, seq + 1
         last = expected - 1
         if last != head:

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+import rfc8785
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from service import audit
 from service.messages import format_timestamp
-from tests.conftest import RunningServer, timeout
+from tests.conftest import SECRET, RunningServer, timeout
 
 RUN = {"runId": "r1", "status": "running", "progress": 5}
 
@@ -262,3 +268,32 @@ async def wait_until(condition: Any, wait: float, what: str, state: Any = None) 
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}" + (f": {state()}" if state else "")
         await asyncio.sleep(0.02)
+
+
+# --- the audit chain, as an auditor's own tools see it -------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(server: RunningServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m service ARGS` against the server's database, as an operator runs it."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": server.settings.database_url or "",
+        "HERALD_SECRET": SECRET,
+        "HERALD_DATA_DIR": str(server.settings.data_dir),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def recompute(events: list[dict[str, Any]], previous: bytes = bytes(32)) -> list[str]:
+    """The chain of these wire events (from `previous`: seq 1's is 32 zero bytes), computed from the
+    contract's text alone: the reference RFC 8785 library over each event without its hash."""
+    out = []
+    for event in events:
+        body = {k: v for k, v in event.items() if k != "hash"}
+        previous = hashlib.sha256(previous + rfc8785.dumps(body)).digest()
+        out.append(previous.hex())
+    return out

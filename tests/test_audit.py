@@ -7,11 +7,7 @@ reordered rows, over HTTP and the CLI, with and without a signed checkpoint.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +19,8 @@ from hypothesis import strategies as st
 
 from service import audit, db
 from service.messages import format_timestamp
-from tests.conftest import SECRET, RunningServer, scratch_database, timeout
-from tests.helpers import RUN, create, open_client, publish, stream
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def recompute(events: list[dict[str, Any]]) -> list[str]:
-    """The chain of these wire events (seq 1 onwards), computed from the contract's text alone."""
-    previous, out = bytes(32), []
-    for event in events:
-        body = {k: v for k, v in event.items() if k != "hash"}
-        previous = hashlib.sha256(previous + rfc8785.dumps(body)).digest()
-        out.append(previous.hex())
-    return out
+from tests.conftest import RunningServer, scratch_database, timeout
+from tests.helpers import RUN, cli, create, open_client, publish, recompute, stream
 
 
 async def history(client: httpx.AsyncClient, pid: str) -> list[dict[str, Any]]:
@@ -51,18 +35,6 @@ async def verify(client: httpx.AsyncClient, pid: str) -> dict[str, Any]:
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
     return body
-
-
-def cli(server: RunningServer, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": server.settings.database_url or "",
-        "HERALD_SECRET": SECRET,
-        "HERALD_DATA_DIR": str(server.settings.data_dir),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
 
 
 # --- the canonical form ------------------------------------------------------------------------------------

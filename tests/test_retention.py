@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import hashlib
 import json
 import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,35 +18,10 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import rfc8785
 
 from service import archive, db, retention
-from tests.conftest import SECRET, RunningServer, make_settings, start_server, stop_server, timeout
-from tests.helpers import create, fill, generated, publish, wait_until
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(server: RunningServer, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DATABASE_URL": server.settings.database_url or "",
-        "HERALD_SECRET": SECRET,
-        "HERALD_DATA_DIR": str(server.settings.data_dir),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-
-
-def recompute(events: list[dict[str, Any]], previous: bytes = bytes(32)) -> list[str]:
-    """The chain of these wire events, from the contract's text alone."""
-    out = []
-    for event in events:
-        body = {k: v for k, v in event.items() if k != "hash"}
-        previous = hashlib.sha256(previous + rfc8785.dumps(body)).digest()
-        out.append(previous.hex())
-    return out
+from tests.conftest import RunningServer, make_settings, start_server, stop_server, timeout
+from tests.helpers import cli, create, fill, generated, publish, recompute, wait_until
 
 
 async def publish_mixed(client: httpx.AsyncClient, pid: str, start: int, count: int) -> None:
