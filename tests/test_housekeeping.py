@@ -7,7 +7,7 @@ window go, and a redelivery inside the window is still appended once.
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import asyncpg
 import httpx
 import pytest
 
-from service import cursors, db, webhooks
+from service import cursors, db, retention, webhooks
 from service.config import ConfigError, Settings, load_settings
 from tests.conftest import RunningServer, make_settings
 from tests.helpers import create, open_client, publish, seqs_of
@@ -173,3 +173,45 @@ async def test_old_delivery_records_go_and_a_redelivery_inside_the_window_append
     assert (answer["status"], answer["seq"]) == ("duplicate", 1), answer
     r = await client.get("/api/projects/p/events", params={"after": 0})
     assert [e["messageId"] for e in r.json()["events"]] == ["gh:old", "gh:recent", "gh:new"]
+
+
+def sample(text: str, name: str) -> float:
+    """The value of one sample (`name` with its labels) in a Prometheus text page."""
+    values = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(values) == 1, f"{name} is not in /metrics once: {values}"
+    return float(values[0])
+
+
+async def test_metrics_show_each_projects_log_and_the_rows_pruned(
+    server: RunningServer, client: httpx.AsyncClient
+) -> None:
+    """/metrics (admin) shows each project's head, watermark and events kept, read at the scrape, the events
+    table's bytes, and the rows a prune deleted as counted by `record_pruned` (which the prune loop calls)."""
+    await create(client, "p", "q")
+    await publish(client, "p", 10)
+    r = await client.put("/api/projects/p/retention", json={"keepEvents": 4})
+    assert r.status_code == 200, r.text
+    text = (await client.get("/metrics")).text
+    assert sample(text, 'herald_log_head{project="p"}') == 10
+    assert sample(text, 'herald_log_oldest{project="p"}') == 1
+    assert sample(text, 'herald_log_events{project="p"}') == 10
+    assert 'herald_pruned_rows_total{project="p"}' not in text
+
+    conn = await connect(server)
+    try:
+        pruned = await retention.prune(conn, "p", archive=None, now=datetime.now(UTC))
+    finally:
+        await conn.close()
+    assert pruned is not None and pruned.deleted > 0
+    metrics = server.app_runtime().metrics
+    metrics.record_pruned("p", pruned.deleted)
+    text = (await client.get("/metrics")).text
+    assert sample(text, 'herald_log_head{project="p"}') == 10
+    assert sample(text, 'herald_log_oldest{project="p"}') == 7
+    assert sample(text, 'herald_log_events{project="p"}') == 4
+    assert sample(text, 'herald_pruned_rows_total{project="p"}') == pruned.deleted
+    assert (sample(text, 'herald_log_head{project="q"}'), sample(text, 'herald_log_events{project="q"}')) == (0, 0)
+    assert 'herald_pruned_rows_total{project="q"}' not in text
+    assert sample(text, "herald_log_bytes") > 8192  # at least a page of the table and one of its primary key
+    metrics.record_pruned("p", 3)
+    assert sample((await client.get("/metrics")).text, 'herald_pruned_rows_total{project="p"}') == pruned.deleted + 3
