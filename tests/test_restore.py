@@ -52,18 +52,20 @@ async def history(client: httpx.AsyncClient, pid: str) -> list[dict[str, Any]]:
 
 async def pruned_into_archive(server: RunningServer, client: httpx.AsyncClient, root: Path) -> dict[str, Any]:
     """Project p with 30 events, pruned to its last 6 into `root` by the CLI: what the server served before
-    the prune (its history, and its state as of seq 24, the last archived one)."""
+    the prune (its history, and its state as of seq 24, the last archived one, and as of seq 10)."""
     await create(client, "p")
     await publish_mixed(client, "p", 30)
     before = await history(client, "p")
     r = await client.get("/api/projects/p/state", params={"at": 24})
     assert r.status_code == 200, r.text
+    earlier = await client.get("/api/projects/p/state", params={"at": 10})
+    assert earlier.status_code == 200, earlier.text
     done = await asyncio.to_thread(cli, server, "project", "retention", "p", "--keep-events", "6")
     assert done.returncode == 0, done.stderr
     done = await asyncio.to_thread(cli, server, "prune", "--archive", str(root), "--project", "p")
     assert done.returncode == 0, done.stderr
     assert (json.loads(done.stdout)["first"], json.loads(done.stdout)["last"]) == (1, 24)
-    return {"history": before, "state": r.json()}
+    return {"history": before, "state": r.json(), "state_at_10": earlier.json()}
 
 
 async def test_a_restored_archive_serves_the_pruned_events_exactly_and_verifies(
@@ -96,6 +98,8 @@ async def test_a_restored_archive_serves_the_pruned_events_exactly_and_verifies(
                 assert await history(restored, "p") == archived
                 r = await restored.get("/api/projects/p/state")
                 assert r.status_code == 200 and r.json() == original["state"], r.text
+                r = await restored.get("/api/projects/p/state", params={"at": 10})
+                assert r.status_code == 200 and r.json() == original["state_at_10"], r.text
                 r = await restored.get("/api/projects/p/audit/verify")
                 assert r.json() == {"ok": True, "head": 24, "hash": archived[-1]["hash"]}, r.text
                 # The chain goes on from the restored head: a new event is seq 25 and still verifies.
