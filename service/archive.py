@@ -251,14 +251,22 @@ def _page(lines: gzip.GzipFile) -> list[bytes]:
     return list(itertools.islice(lines, PAGE))
 
 
-def _checked(line: bytes, *, project_id: str, previous: bytes, name: str) -> tuple[int, bytes]:
-    """The seq and hash of one archive line, after checking that it continues the chain from `previous`
-    and that its time reads back as written; RestoreRefused naming the line otherwise."""
+def _seq(line: bytes, name: str) -> tuple[dict[str, Any], int]:
+    """One archive line, parsed, and its seq; RestoreRefused when it is not an event."""
     try:
         event = orjson.loads(line)
         seq = event["seq"]
         if not isinstance(seq, int) or isinstance(seq, bool):
             raise TypeError("seq is not an integer")
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise RestoreRefused(f"a line of {name} is not an archived event ({exc}): nothing restored") from None
+    return event, seq
+
+
+def _checked(event: dict[str, Any], seq: int, *, project_id: str, previous: bytes, name: str) -> bytes:
+    """The hash of one archived event, after checking that it continues the chain from `previous` and that
+    its time reads back as written; RestoreRefused naming its seq otherwise."""
+    try:
         timestamp = event["timestamp"]
         computed = audit.link(
             previous,
@@ -273,8 +281,8 @@ def _checked(line: bytes, *, project_id: str, previous: bytes, name: str) -> tup
         )
         stated = bytes.fromhex(event["hash"])
         moment = datetime.fromisoformat(timestamp)
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise RestoreRefused(f"a line of {name} is not an archived event ({exc}): nothing restored") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RestoreRefused(f"the line of seq {seq} in {name} is malformed ({exc}): nothing restored") from None
     if event["projectId"] != project_id:
         raise RestoreRefused(f"seq {seq} in {name} is an event of {event['projectId']!r}: nothing restored")
     if computed != stated:
@@ -286,7 +294,7 @@ def _checked(line: bytes, *, project_id: str, previous: bytes, name: str) -> tup
         raise RestoreRefused(
             f"seq {seq} in {name} has a timestamp Herald does not write ({timestamp!r}): nothing restored"
         )
-    return seq, computed
+    return computed
 
 
 async def restore(
@@ -342,15 +350,15 @@ async def restore(
                     for line in page:
                         if not line.strip():
                             continue
-                        seq = orjson.loads(line).get("seq") if line.lstrip().startswith(b"{") else None
-                        if isinstance(seq, int) and first <= seq < expected:
+                        event, seq = _seq(line, file.path.name)
+                        if first <= seq < expected:
                             continue  # restored already, from an earlier file that overlaps this one
-                        seq, previous = _checked(line, project_id=project_id, previous=previous, name=file.path.name)
                         if seq != expected:
                             raise RestoreRefused(
                                 f"seq {expected} of {project_id!r} is missing from the archive "
                                 f"({file.path.name} goes on at seq {seq}): nothing restored"
                             )
+                        previous = _checked(event, seq, project_id=project_id, previous=previous, name=file.path.name)
                         batch.append(line.decode())
                         expected += 1
                     if batch:

@@ -153,10 +153,11 @@ async def test_a_tampered_archive_or_an_overlapping_project_is_refused_with_noth
 
 
 async def test_restore_refuses_an_archive_that_does_not_begin_where_the_project_ends(
-    server: RunningServer, client: httpx.AsyncClient, tmp_path: Path
+    server: RunningServer, client: httpx.AsyncClient, pg_url: str, template_db: str, tmp_path: Path
 ) -> None:
-    """Into a project with fewer events than the archive skips (a gap) or none of its own: refused, nothing
-    written; no archive at all for the project is refused too."""
+    """Into a project with fewer events than the archive skips (a gap): refused, nothing written; so are no
+    archive at all for the project, another project's archive, and an archive with a line missing or not
+    JSON (no project created)."""
     root = tmp_path / "archive"
     await pruned_into_archive(server, client, root)
     later = tmp_path / "later"
@@ -169,5 +170,25 @@ async def test_restore_refuses_an_archive_that_does_not_begin_where_the_project_
     assert done.returncode == 1 and "seqs 1 to 4 would be missing" in done.stderr, done.stderr
     done = await asyncio.to_thread(cli, server, "archive", "restore", str(tmp_path / "none"), "--project", "q")
     assert done.returncode == 1 and "no archive of project 'q'" in done.stderr, done.stderr
+    # Another project's archive under this one's name: refused at its first line.
+    (tmp_path / "renamed" / "r").mkdir(parents=True)
+    (tmp_path / "renamed" / "r" / "r.000000000001-000000000024.ndjson.gz").write_bytes(gzip.compress(b"\n".join(lines)))
+    done = await asyncio.to_thread(cli, server, "archive", "restore", str(tmp_path / "renamed"), "--project", "r")
+    assert done.returncode == 1 and "seq 1 in r.000000000001-000000000024.ndjson.gz is an event of 'p'" in done.stderr
+    # A line missing from the middle, and a line that is not JSON: refused, naming the seq or the file.
+    holed, garbled = tmp_path / "holed", tmp_path / "garbled"
+    for root_of, body in ((holed, [*lines[:6], *lines[7:]]), (garbled, [*lines[:6], b"{not json", *lines[7:]])):
+        (root_of / "p").mkdir(parents=True)
+        (root_of / "p" / "p.000000000001-000000000024.ndjson.gz").write_bytes(gzip.compress(b"\n".join(body)))
+    async with scratch_database(pg_url, template_db) as fresh:
+        done = await asyncio.to_thread(cli_on, fresh, tmp_path, "archive", "restore", str(holed), "--project", "p")
+        assert done.returncode == 1 and "seq 7 of 'p' is missing" in done.stderr, done.stderr
+        done = await asyncio.to_thread(cli_on, fresh, tmp_path, "archive", "restore", str(garbled), "--project", "p")
+        assert done.returncode == 1 and "a line of p.000000000001-000000000024" in done.stderr, done.stderr
+        conn = await asyncpg.connect(db.asyncpg_dsn(fresh))
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM projects") == 0
+        finally:
+            await conn.close()
     r = await client.get("/api/projects")
     assert {p["id"]: p["head"] for p in r.json()["projects"]} == {"p": 30, "q": 0}
