@@ -1,4 +1,4 @@
-"""The command line: serve, migrate, token, project add|retention, prune, audit, schema, demo.
+"""The command line: serve, migrate, token, project add|retention, prune, archive restore, audit, schema, demo.
 
 `python -m service --help` lists them; every command reads the same environment as the server
 (DATABASE_URL, HERALD_DATA_DIR, HERALD_SECRET), so a token printed here is valid there.
@@ -228,6 +228,30 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return on_database(load_settings(), work)
 
 
+def cmd_archive_restore(args: argparse.Namespace) -> int:
+    """Re-import a project's archive (written by `prune --archive`) into the database: into a project it
+    creates, or one whose log ends right before the archive begins; prints what was restored."""
+    from pydantic import ValidationError
+
+    try:  # the project as restore would create it, checked as `project add` checks it
+        ProjectCreate(id=args.project, name=args.name or args.project, repo=args.repo)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        return 2
+
+    async def work(conn: asyncpg.Connection) -> int:
+        try:
+            restored = await archive.restore(conn, Path(args.dir), args.project, name=args.name, repo=args.repo)
+        except archive.RestoreRefused as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(restored.to_dict()))
+        return 0
+
+    return on_database(load_settings(), work)
+
+
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -366,6 +390,22 @@ def parser() -> argparse.ArgumentParser:
     prune.add_argument("--archive", metavar="DIR", help="first write what is pruned to DIR (gzip ndjson, with hashes)")
     prune.add_argument("--project", metavar="ID", help="only this project")
     prune.set_defaults(func=cmd_prune)
+
+    archive_parser = sub.add_parser("archive", help="what `prune --archive` wrote: restore it into a database")
+    archive_sub = archive_parser.add_subparsers(dest="archive_command", required=True, metavar="ACTION")
+    restore = archive_sub.add_parser(
+        "restore",
+        help="re-import a project's archived events, hashes and times as they were (into a fresh database)",
+        description="Insert the events archived under DIR/ID/ back into the log, exactly as they were served, "
+        "checking the chain as it reads; the project is created when it does not exist. Refused, with "
+        "nothing written, when the project already has events the archive overlaps or a line does not "
+        "continue the chain. Exit 0 when restored, 1 when refused.",
+    )
+    restore.add_argument("dir", metavar="DIR", help="the archive directory (`prune --archive DIR`)")
+    restore.add_argument("--project", required=True, metavar="ID", help="the project whose archive to restore")
+    restore.add_argument("--name", help="the name of the project, when restore creates it (default: its id)")
+    restore.add_argument("--repo", metavar="OWNER/NAME", help="its GitHub repository, when restore creates it")
+    restore.set_defaults(func=cmd_archive_restore)
 
     audit_parser = sub.add_parser("audit", help="verify a project's hash chain; signed checkpoints")
     audit_sub = audit_parser.add_subparsers(dest="audit_command", required=True, metavar="ACTION")

@@ -9,23 +9,30 @@ watermark they are the whole chain, which `verify` walks as one (docs/protocol.m
 A file is written under a temporary name, flushed to disk and then renamed (and the directory
 flushed), so a crash leaves either the whole file under its final name or none: never a partial
 archive that a verifier would take for a gap in the chain.
+
+`restore` puts an archive back into a database (a fresh one, typically): the events exactly as they were
+served, with their hashes and times, so that the restored log verifies as the original did
+(docs/operations.md, "Restoring an archive").
 """
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+import itertools
 import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import asyncpg
 import orjson
 
-from . import audit, eventlog
+from . import audit, eventlog, state
+from .messages import format_timestamp
 
 PAGE = 1000  # events read per query while archiving
 
@@ -192,3 +199,182 @@ async def verify(
             "chain begins from: one of them was rewritten with its hashes recomputed",
         )
     return await audit.verify(conn, project_id, expect=expect)
+
+
+# --- restoring -----------------------------------------------------------------------------------------
+
+
+class RestoreRefused(Exception):
+    """The archive cannot be restored into this database; nothing was written. The message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What `restore` put back: the seqs `first` to `last` of `project_id`, into a project it `created`."""
+
+    project_id: str
+    first: int
+    last: int
+    created: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"projectId": self.project_id, "first": self.first, "last": self.last, "created": self.created}
+
+
+# A page of archive lines, parsed by PostgreSQL itself: `data` goes back into jsonb from the very text the
+# archive holds, so every number keeps its exact spelling and the restored event is served byte for byte
+# as the archived one (a round trip through Python floats could respell `1.10` as `1.1`).
+_INSERT = """
+INSERT INTO events (project_id, seq, message_id, type, data, created_at, hash)
+SELECT $1, (e ->> 'seq')::bigint, e ->> 'messageId', e ->> 'type', e -> 'data',
+       (e ->> 'timestamp')::timestamptz, decode(e ->> 'hash', 'hex')
+FROM unnest($2::text[]) AS line(text), LATERAL (SELECT line.text::jsonb AS e) AS parsed
+"""
+
+# The project state of the restored range, as the append statement keeps it: the latest event of each
+# subject, hashed as eventlog.SUBJECT_HASH_SQL hashes it, never moving a subject back to an older seq.
+_STATE = f"""
+INSERT INTO project_state (project_id, type, subject, seq)
+SELECT DISTINCT ON (type, subject) $1, type, subject, seq
+FROM (SELECT type, seq, {eventlog.SUBJECT_HASH_SQL} AS subject FROM events
+      WHERE project_id = $1 AND seq >= $2 AND seq <= $3 AND type = ANY($4::text[])) AS keyed
+ORDER BY type, subject, seq DESC
+ON CONFLICT (project_id, type, subject) DO UPDATE SET seq = excluded.seq WHERE project_state.seq < excluded.seq
+"""
+
+
+def _open(file: File) -> gzip.GzipFile:
+    return gzip.GzipFile(file.path, "rb")
+
+
+def _page(lines: gzip.GzipFile) -> list[bytes]:
+    return list(itertools.islice(lines, PAGE))
+
+
+def _seq(line: bytes, name: str) -> tuple[dict[str, Any], int]:
+    """One archive line, parsed, and its seq; RestoreRefused when it is not an event."""
+    try:
+        event = orjson.loads(line)
+        seq = event["seq"]
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            raise TypeError("seq is not an integer")
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise RestoreRefused(f"a line of {name} is not an archived event ({exc}): nothing restored") from None
+    return event, seq
+
+
+def _checked(event: dict[str, Any], seq: int, *, project_id: str, previous: bytes, name: str) -> bytes:
+    """The hash of one archived event, after checking that it continues the chain from `previous` and that
+    its time reads back as written; RestoreRefused naming its seq otherwise."""
+    try:
+        timestamp = event["timestamp"]
+        computed = audit.link(
+            previous,
+            audit.canonical(
+                project_id=event["projectId"],
+                seq=seq,
+                message_id=event["messageId"],
+                type=event["type"],
+                timestamp=timestamp,
+                data=event["data"],
+            ),
+        )
+        stated = bytes.fromhex(event["hash"])
+        moment = datetime.fromisoformat(timestamp)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RestoreRefused(f"the line of seq {seq} in {name} is malformed ({exc}): nothing restored") from None
+    if event["projectId"] != project_id:
+        raise RestoreRefused(f"seq {seq} in {name} is an event of {event['projectId']!r}: nothing restored")
+    if computed != stated:
+        raise RestoreRefused(
+            f"the archived event at seq {seq} ({name}) does not continue the chain: it was changed, or moved "
+            "here, or the events before it were; nothing restored"
+        )
+    if moment.tzinfo is None or format_timestamp(moment) != timestamp:
+        raise RestoreRefused(
+            f"seq {seq} in {name} has a timestamp Herald does not write ({timestamp!r}): nothing restored"
+        )
+    return computed
+
+
+async def restore(
+    conn: asyncpg.Connection, root: Path, project_id: str, *, name: str | None = None, repo: str | None = None
+) -> Restored:
+    """Put the project's archive under `root` back into the database, as the events it held.
+
+    Every archived event is inserted as it was served: its seq, messageId, type, data, time (the
+    archive's millisecond timestamp) and hash, without going through the append path; the project's
+    head and last hash move to the archive's last event, and the project state takes in the restored
+    events as appends would have. The project is created (named `name`, default its id, following
+    `repo`) when it does not exist; an existing one must end right before the archive begins (a fresh
+    project: the archive must start at seq 1), so a project whose events overlap the archive, or a gap
+    between them, is refused.
+
+    Atomic: one transaction, holding the project row's lock as appends do, so RestoreRefused (a line
+    that does not continue the chain from the project's last hash, a seq missing, an overlap) leaves
+    nothing written. The chain is checked line by line as it is read, so a restored log verifies
+    (`audit.verify`) as the archive did. Afterwards the restored stretches are summarized for the state
+    at a seq (state.summarize), and a NOTIFY wakes any instance serving the project."""
+    found = files(root, project_id)
+    if not found:
+        raise RestoreRefused(f"no archive of project {project_id!r} under {root}")
+    created = False
+    async with conn.transaction():
+        row = await conn.fetchrow("SELECT head, last_hash FROM projects WHERE id = $1 FOR UPDATE", project_id)
+        if row is None:
+            try:
+                await eventlog.create_project(conn, id=project_id, name=name or project_id, repo=repo)
+            except eventlog.RepoTaken:
+                raise RestoreRefused(f"repo {repo!r} belongs to another project: nothing restored") from None
+            created = True
+            head, previous = 0, audit.GENESIS
+        else:
+            head, previous = row["head"], bytes(row["last_hash"])
+        first = found[0].first
+        if first <= head:
+            raise RestoreRefused(
+                f"project {project_id!r} already has events up to seq {head}, which overlap the archive's "
+                f"(from seq {first}): restore into a fresh database, or a project whose log ends before the archive"
+            )
+        if first != head + 1:
+            raise RestoreRefused(
+                f"the archive of {project_id!r} begins at seq {first}, but the project's log ends at seq {head}: "
+                f"seqs {head + 1} to {first - 1} would be missing"
+            )
+        expected = first
+        for file in found:
+            lines = await asyncio.to_thread(_open, file)
+            try:
+                while page := await asyncio.to_thread(_page, lines):
+                    batch: list[str] = []
+                    for line in page:
+                        if not line.strip():
+                            continue
+                        event, seq = _seq(line, file.path.name)
+                        if first <= seq < expected:
+                            continue  # restored already, from an earlier file that overlaps this one
+                        if seq != expected:
+                            raise RestoreRefused(
+                                f"seq {expected} of {project_id!r} is missing from the archive "
+                                f"({file.path.name} goes on at seq {seq}): nothing restored"
+                            )
+                        previous = _checked(event, seq, project_id=project_id, previous=previous, name=file.path.name)
+                        batch.append(line.decode())
+                        expected += 1
+                    if batch:
+                        try:
+                            await conn.execute(_INSERT, project_id, batch)
+                        except asyncpg.UniqueViolationError as exc:
+                            raise RestoreRefused(
+                                f"the archive repeats a messageId the log holds ({exc.detail}): nothing restored"
+                            ) from None
+            except (OSError, EOFError) as exc:  # not gzip, or cut short
+                raise RestoreRefused(f"{file.path.name} cannot be read ({exc}): nothing restored") from None
+            finally:
+                await asyncio.to_thread(lines.close)
+        last = expected - 1
+        await conn.execute(_STATE, project_id, first, last, list(state.LATEST))
+        await conn.execute("UPDATE projects SET head = $2, last_hash = $3 WHERE id = $1", project_id, last, previous)
+        await conn.execute("SELECT pg_notify($1, $2)", eventlog.NOTIFY_CHANNEL, f"{project_id}:{last}")
+    await state.summarize(conn, project_id, upto=last)
+    return Restored(project_id, first, last, created)

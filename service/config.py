@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     # it archives what it prunes (default: <HERALD_DATA_DIR>/archive, so nothing leaves unarchived).
     prune_interval_s: float = Field(default=3600.0, gt=0, validation_alias="HERALD_PRUNE_INTERVAL_S")
     archive_dir: Path | None = Field(default=None, validation_alias="HERALD_ARCHIVE_DIR")
+    # Housekeeping on the same schedule (docs/operations.md): cursors of clients that have not acked for this
+    # many days are deleted, and records of GitHub deliveries older than this many days (more than GitHub's
+    # 3-day redelivery window, so a redelivery is always still recognized).
+    cursor_ttl_days: int = Field(default=90, ge=1, le=36_500, validation_alias="HERALD_CURSOR_TTL_DAYS")
+    webhook_dedupe_days: int = Field(default=7, ge=4, le=36_500, validation_alias="HERALD_WEBHOOK_DEDUPE_DAYS")
     heartbeat_ms: int = Field(default=15_000, ge=100, validation_alias="HERALD_HEARTBEAT_MS")
     sse_keepalive_ms: int = Field(default=15_000, ge=100, validation_alias="HERALD_SSE_KEEPALIVE_MS")
     # How long a request waits for a pooled connection or a statement before answering 503.

@@ -18,6 +18,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, get_args
 
 import asyncpg
@@ -368,3 +369,30 @@ async def append_once(
             conn, project_id=project_id, type=type, data=data, message_id=delivery.message_id
         )
     return Appended(project_id, stored.seq, delivery.message_id, duplicate=not created)
+
+
+PRUNE_BATCH = 10_000  # delivery records deleted per statement
+
+
+async def prune_deliveries(conn: asyncpg.Connection, *, older_than: timedelta) -> int:
+    """Delete the records of deliveries received longer ago than `older_than` (HERALD_WEBHOOK_DEDUPE_DAYS);
+    returns how many were deleted.
+
+    GitHub redelivers (on a timeout, or by hand) only deliveries of the past 3 days, so `older_than` must
+    be longer than that, with a margin (default 7 days): within it, a redelivery still finds its record
+    and appends nothing. Past it, a resend under the original delivery id is still stopped by its event's
+    messageId (`gh:<delivery id>`) for as long as the log keeps the event, but the same signed body sent
+    under a new delivery id is no longer recognized as a copy (docs/operations.md, "Housekeeping").
+    Deletes in batches of PRUNE_BATCH, each its own statement."""
+    deleted = 0
+    while True:
+        status: str = await conn.execute(
+            "DELETE FROM webhook_deliveries WHERE ctid = ANY(ARRAY(SELECT ctid FROM webhook_deliveries "
+            "WHERE received_at < now() - $1::interval LIMIT $2))",
+            older_than,
+            PRUNE_BATCH,
+        )
+        count = int(status.split()[-1])
+        deleted += count
+        if count < PRUNE_BATCH:
+            return deleted

@@ -180,3 +180,18 @@ def test_snapshot_bench_runs_from_revision_0001_to_head(pg_url: str) -> None:
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "subjects in the state" in out.stdout and "GET /state?limit=1000" in out.stdout, out.stdout
+
+
+def test_sizing_measures_bytes_per_event(pg_url: str) -> None:
+    """bench/sizing.py (docs/operations.md, "Sizing"): a small demo-shaped log, measured in the database and
+    in its archive."""
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "sizing.py"), "--events", "2000", *(["--database-url", pg_url] if pg_url else [])],
+        capture_output=True, text=True, timeout=timeout(180), cwd=BENCH,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    sizes = json.loads(out.stdout)
+    assert sizes["events"] == 2000 and sum(sizes["types"].values()) == 2000
+    assert sizes["events_total_bytes"] == sizes["events_heap_bytes"] + sizes["events_index_bytes"] + sizes[
+        "events_toast_bytes"]  # fmt: skip
+    assert sizes["bytes_per_event"] > sizes["avg_data_json_bytes"] > 0 and sizes["archive_bytes_per_event"] > 0

@@ -599,11 +599,12 @@ METRICS_TEXT = {"description": "Prometheus text format", "content": {"text/plain
 # response_class=Response, which has no media type of its own: the errors are then documented as
 # the JSON they are, not as text/plain.
 @router.get("/metrics", responses={**ERRORS, 200: METRICS_TEXT}, tags=["health"], response_class=Response)
-async def metrics(principal: Auth, metrics: MetricsDep) -> Response:
+async def metrics(principal: Auth, metrics: MetricsDep, database: DatabaseDep) -> Response:
     """Prometheus metrics of this process: every project's ids and heads, so only for `admin` on every
     project (`*`) or the `metrics` scope."""
     if not ("metrics" in principal.scopes or (principal.has("admin") and principal.projects is None)):
         raise ApiError(ErrorCode.FORBIDDEN, "metrics need the 'metrics' scope, or 'admin' on every project ('*')")
+    await metrics.read_log(database.connection)
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
