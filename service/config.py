@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     # it archives what it prunes (default: <HERALD_DATA_DIR>/archive, so nothing leaves unarchived).
     prune_interval_s: float = Field(default=3600.0, gt=0, validation_alias="HERALD_PRUNE_INTERVAL_S")
     archive_dir: Path | None = Field(default=None, validation_alias="HERALD_ARCHIVE_DIR")
+    # Seqs per partition of the log of a project created from now on (partitions.py).
+    partition_events: int = Field(default=100_000, ge=1, le=100_000_000, validation_alias="HERALD_PARTITION_EVENTS")
     heartbeat_ms: int = Field(default=15_000, ge=100, validation_alias="HERALD_HEARTBEAT_MS")
     sse_keepalive_ms: int = Field(default=15_000, ge=100, validation_alias="HERALD_SSE_KEEPALIVE_MS")
     # How long a request waits for a pooled connection or a statement before answering 503.
