@@ -119,15 +119,14 @@ async def create_project(
     try:
         async with conn.transaction():
             row = await conn.fetchrow(
-                "INSERT INTO projects (id, name, repo, webhook_secret, partition_events) VALUES ($1, $2, $3, $4, $5) "
+                "INSERT INTO projects (id, name, repo, webhook_secret) VALUES ($1, $2, $3, $4) "
                 "RETURNING id, name, repo, head",
                 id,
                 name,
                 repo,
                 webhook_secret,
-                partition_events,
             )
-            await partitions.extend(conn, id, upto=partition_events)
+            await partitions.extend(conn, id, upto=partition_events, size=partition_events)
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name == "projects_repo_key":
             raise RepoTaken(repo) from None

@@ -2,12 +2,13 @@
 
 Why ranges of seqs, one project at a time (docs/delivery.md, "Partitions"): a retention policy is a
 project's (its latest N events, or its last D days), and whichever it is, what it drops is a prefix of
-that project's seqs, below the low watermark. With each project's log in ranges of `partition_events`
-seqs, dropping that prefix is detaching and dropping whole tables: no DELETE, no dead rows, no vacuum.
-Partitions by time would hold every project's events of a day together, so one project kept forever
-would pin them all. The primary key (project_id, seq) already contains the partition key, so the log
-stays gap-free and unique per project at the database's level. The one constraint PostgreSQL cannot
-keep on a partitioned table, messageId unique per project, is the primary key of `event_ids`.
+that project's seqs, below the low watermark. With each project's log in ranges of seqs (100,000 by
+default, HERALD_PARTITION_EVENTS for projects created from then on), dropping that prefix is detaching
+and dropping whole tables: no DELETE of events, no dead rows, no vacuum. Partitions by time would hold
+every project's events of a day together, so one project kept forever would pin them all. The primary
+key (project_id, seq) already contains the partition key, so the log stays gap-free and unique per
+project at the database's level. The one constraint PostgreSQL cannot keep on a partitioned table,
+messageId unique per project, is the primary key of `event_ids`.
 
 A project's partitions are created ahead of its head, by `extend` (when the project is created, every
 few seconds from the running service, and by an append that finds no partition for its seq, which then
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -29,9 +31,11 @@ import asyncpg
 
 logger = logging.getLogger("herald.partitions")
 
-DEFAULT_EVENTS = 100_000  # seqs per partition unless the project says otherwise (projects.partition_events)
-LOCK_TIMEOUT_MS = 250  # how long the swap of `drop_below` may queue for the log before it tries again later
-SWAP_ATTEMPTS = 5
+DEFAULT_EVENTS = 100_000  # seqs per partition unless the project was created with another size
+# How long the swap of `drop_below` may queue for the log (holding up every statement behind it) before
+# it lets go and tries again, and how many times, before it leaves the partitions to the next prune.
+LOCK_TIMEOUT_MS = 200
+SWAP_ATTEMPTS = 8
 
 
 def table_name(project_id: str, first: int, *, kept: bool = False) -> str:
@@ -78,37 +82,46 @@ async def partitions(conn: asyncpg.Connection, project_id: str) -> list[Partitio
     return [Partition(r["project_id"], r["first_seq"], r["last_seq"], r["name"], r["kept"]) for r in rows]
 
 
-async def extend(conn: asyncpg.Connection, project_id: str, *, upto: int) -> int:
-    """Make sure the project's partitions reach seq `upto`, creating the next ranges as needed; the number
-    created. One transaction per partition (or the caller's), each under a per-project lock, so that
-    instances never create the same range twice and a long way to go never holds many locks at once."""
+async def extend(conn: asyncpg.Connection, project_id: str, *, upto: int, size: int | None = None) -> int:
+    """Make sure the project's partitions reach seq `upto`, creating the next ranges as needed, of `size`
+    seqs each (by default, as many as the project's last partition holds); the number created.
+
+    One transaction per partition (or the caller's), each under a per-project lock, so that instances
+    never create the same range twice and a long way to go never holds many locks at once."""
     created = 0
     while True:
         async with conn.transaction():
             await conn.execute(_LOCK, f"herald-partitions:{project_id}")
-            row = await conn.fetchrow(
-                "SELECT p.partition_events AS size,"
-                " (SELECT max(last_seq) FROM log_partitions WHERE project_id = p.id) AS last"
-                " FROM projects p WHERE p.id = $1",
+            last = await conn.fetchrow(
+                "SELECT first_seq, last_seq FROM log_partitions WHERE project_id = $1 AND NOT kept"
+                " ORDER BY first_seq DESC LIMIT 1",
                 project_id,
             )
-            if row is None or (row["last"] or 0) >= upto:
+            end = 0 if last is None else last["last_seq"]
+            if end >= upto:
                 return created
-            first = (row["last"] or 0) + 1
-            last = first + row["size"] - 1
+            first = end + 1
+            span = size or (DEFAULT_EVENTS if last is None else last["last_seq"] - last["first_seq"] + 1)
             name = table_name(project_id, first)
             # Created apart and then attached: CREATE TABLE … PARTITION OF would lock the whole log against
             # reads and appends, ATTACH PARTITION takes a lock that neither waits for.
             await conn.execute(f"CREATE TABLE {name} (LIKE events INCLUDING DEFAULTS)")
-            await conn.execute(f"ALTER TABLE events ATTACH PARTITION {name} {_bounds(project_id, first, last)}")
-            await conn.execute(_RECORD, project_id, first, last, name, False)
+            await conn.execute(
+                f"ALTER TABLE events ATTACH PARTITION {name} {_bounds(project_id, first, first + span - 1)}"
+            )
+            await conn.execute(_RECORD, project_id, first, first + span - 1, name, False)
             created += 1
 
 
-# Projects whose partitions end less than one partition ahead of their head.
+# Projects whose partitions end less than one partition ahead of their head (a project gets its first
+# partition when it is created; one without, from an older version, gets it from its first append).
 _SHORT = """
-SELECT p.id, p.head + p.partition_events AS upto FROM projects p
-WHERE coalesce((SELECT max(last_seq) FROM log_partitions l WHERE l.project_id = p.id), 0) < p.head + p.partition_events
+SELECT p.id, p.head + (l.last_seq - l.first_seq + 1) AS upto
+FROM projects p
+JOIN LATERAL (
+    SELECT first_seq, last_seq FROM log_partitions WHERE project_id = p.id AND NOT kept ORDER BY first_seq DESC LIMIT 1
+) AS l ON true
+WHERE l.last_seq < p.head + (l.last_seq - l.first_seq + 1)
 ORDER BY p.id
 """
 
@@ -197,7 +210,7 @@ async def drop_below(conn: asyncpg.Connection, project_id: str, oldest: int, kep
                 await conn.execute(_RECORD, project_id, first, last, name, True)
             break
         except asyncpg.LockNotAvailableError:
-            await asyncio.sleep(0.1 * 2**attempt)
+            await asyncio.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
     else:
         await conn.execute(f"DROP TABLE IF EXISTS {name}")
         logger.info("the log of %s was busy; its partitions below %d are dropped next time", project_id, oldest)

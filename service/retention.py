@@ -145,9 +145,15 @@ async def prune(conn: asyncpg.Connection, project_id: str, *, archive: Path | No
         return None
     try:
         bounds = await target(conn, project_id, now=now)
-        if bounds is None or bounds[1] <= bounds[0]:
+        if bounds is None:
             return None
         first, new_oldest = bounds
+        if new_oldest <= first:
+            # Nothing new to prune; partitions an earlier prune found too busy to drop go now.
+            dropped = await partitions.drop_below(conn, project_id, first, KEPT)
+            if not dropped.partitions:
+                return None
+            return Pruned(project_id, first, first - 1, None, dropped.rows - dropped.kept, dropped.partitions)
         last = new_oldest - 1
         await state.summarize(conn, project_id, upto=last)
         written = None if archive is None else await archive_range(conn, archive, project_id, first, last)

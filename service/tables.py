@@ -55,8 +55,6 @@ projects = Table(
     # both NULL: keep forever, the default.
     Column("keep_days", Integer, nullable=True),
     Column("keep_events", BigInteger, nullable=True),
-    # Seqs per partition of this project's log (partitions.py), fixed when the project is created.
-    Column("partition_events", BigInteger, nullable=False, server_default=text("100000")),
 )
 # GitHub compares repository names case-insensitively, and so do uniqueness and webhook routing.
 Index("projects_repo_key", func.lower(projects.c.repo), unique=True)
@@ -64,7 +62,8 @@ Index("projects_repo_key", func.lower(projects.c.repo), unique=True)
 events = Table(
     "events",
     metadata,
-    Column("project_id", Text, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    # No foreign key: attaching a partition would lock `projects` against appends (migration 0010).
+    Column("project_id", Text, nullable=False),
     Column("seq", BigInteger, nullable=False),
     Column("message_id", Text, nullable=False),
     Column("type", Text, nullable=False),

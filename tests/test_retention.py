@@ -19,7 +19,7 @@ import asyncpg
 import httpx
 import pytest
 
-from service import archive, db, retention
+from service import archive, db, partitions, retention
 from service.config import Settings
 from tests.conftest import RunningServer, make_settings, start_server, stop_server, timeout
 from tests.helpers import cli, create, fill, generated, publish, recompute, wait_until
@@ -318,7 +318,7 @@ async def test_an_export_a_prune_overtakes_is_cut_short_not_holed(
     conn = await connect(server)
     try:
         # Past its first partition, this project's log goes on in partitions of 50,000, not of 5.
-        await conn.execute("UPDATE projects SET partition_events = 50000 WHERE id = 'p'")
+        await partitions.extend(conn, "p", upto=100_005, size=50_000)
         await fill(conn, "p", 100_000, start=datetime.now(UTC) - timedelta(hours=2))
         await set_policy(client, "p", {"keepEvents": 10})
         with pytest.raises(httpx.RemoteProtocolError):

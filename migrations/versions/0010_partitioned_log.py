@@ -1,5 +1,9 @@
 """The log partitioned by (project_id, seq), messageIds in a table of their own.
 
+The partitioned log has no foreign key to `projects`: attaching a partition to a table with one locks
+`projects` against the appends that take their seq there, and every event's project exists anyway (an
+append takes its seq from the project's row; projects are never deleted).
+
 An existing log is moved without stopping its readers and without losing or repeating an event: the new
 partitioned table is built and filled beside the old one, page by page, while the old one serves reads
 and appends; then appends are held (LOCK … IN SHARE MODE: reads go on), the events appended meanwhile
@@ -83,10 +87,6 @@ def _copy(bind: sa.Connection, copied: dict[str, int]) -> None:
 
 
 def upgrade() -> None:
-    op.add_column(
-        "projects",
-        sa.Column("partition_events", sa.BigInteger, nullable=False, server_default=sa.text(str(SIZE))),
-    )
     op.create_table(
         "log_partitions",
         sa.Column("project_id", sa.Text, sa.ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
@@ -107,7 +107,7 @@ def upgrade() -> None:
     op.execute(
         """
         CREATE TABLE events_partitioned (
-            project_id text NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+            project_id text NOT NULL,
             seq bigint NOT NULL,
             message_id text NOT NULL,
             type text NOT NULL,
@@ -123,12 +123,14 @@ def upgrade() -> None:
     bind = op.get_bind()
     copied: dict[str, int] = {}
     _copy(bind, copied)  # while the old log serves reads and appends
-    op.execute("LOCK TABLE projects, events IN SHARE MODE")  # appends wait from here; reads go on
+    # Appends wait from here (reads go on); an append that took its seq before and waits to insert fails
+    # when the old table is dropped, and its seq with it: the heads read below are then one too high at
+    # most, and the copy stops at the last event there is.
+    op.execute("LOCK TABLE events IN SHARE MODE")
     _copy(bind, copied)  # what was appended meanwhile
     op.execute("DROP TABLE events")
     op.execute("ALTER TABLE events_partitioned RENAME TO events")
     op.execute("ALTER TABLE events RENAME CONSTRAINT events_partitioned_pkey TO events_pkey")
-    op.execute("ALTER TABLE events RENAME CONSTRAINT events_partitioned_project_id_fkey TO events_project_id_fkey")
     for name in INDEXES:
         op.execute(f"ALTER INDEX {name}_p RENAME TO {name}")
 
@@ -151,4 +153,3 @@ def downgrade() -> None:
         op.execute(f"CREATE INDEX {name} ON events {definition}")
     op.drop_table("event_ids")
     op.drop_table("log_partitions")
-    op.drop_column("projects", "partition_events")
