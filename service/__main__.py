@@ -177,10 +177,17 @@ def cmd_project_add(args: argparse.Namespace) -> int:
         print(f"error: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
         return 2
 
+    settings = load_settings()
+
     async def add(conn: asyncpg.Connection) -> int:
         try:
             project = await eventlog.create_project(
-                conn, id=body.id, name=body.name, repo=body.repo, webhook_secret=body.webhook_secret
+                conn,
+                id=body.id,
+                name=body.name,
+                repo=body.repo,
+                webhook_secret=body.webhook_secret,
+                partition_events=settings.partition_events,
             )
         except eventlog.ProjectExists:
             print(f"error: project {body.id!r} already exists", file=sys.stderr)
@@ -191,7 +198,7 @@ def cmd_project_add(args: argparse.Namespace) -> int:
         print(json.dumps(project.to_dict()))
         return 0
 
-    return on_database(load_settings(), add)
+    return on_database(settings, add)
 
 
 def cmd_project_retention(args: argparse.Namespace) -> int:

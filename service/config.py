@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     # 3-day redelivery window, so a redelivery is always still recognized).
     cursor_ttl_days: int = Field(default=90, ge=1, le=36_500, validation_alias="HERALD_CURSOR_TTL_DAYS")
     webhook_dedupe_days: int = Field(default=7, ge=4, le=36_500, validation_alias="HERALD_WEBHOOK_DEDUPE_DAYS")
+    # Seqs per partition of the log of a project created from now on (partitions.py).
+    partition_events: int = Field(default=100_000, ge=1, le=100_000_000, validation_alias="HERALD_PARTITION_EVENTS")
     heartbeat_ms: int = Field(default=15_000, ge=100, validation_alias="HERALD_HEARTBEAT_MS")
     sse_keepalive_ms: int = Field(default=15_000, ge=100, validation_alias="HERALD_SSE_KEEPALIVE_MS")
     # How long a request waits for a pooled connection or a statement before answering 503.

@@ -107,6 +107,10 @@ async def create_pool(url: str, *, size: int, timeout: float) -> asyncpg.Pool:
         server_settings={
             "lock_timeout": str(LOCK_TIMEOUT_MS),
             "statement_timeout": str(max(100, int(timeout * 1000) - 500)),
+            # Every statement planned for its own arguments, so it opens and locks only the log partitions
+            # of its project and seqs; a generic plan of a prepared statement would lock every partition
+            # of the log (partitions.py) on each execution.
+            "plan_cache_mode": "force_custom_plan",
         },
     )
     return pool

@@ -32,7 +32,7 @@ from typing import Any, Literal, cast
 import asyncpg
 import orjson
 
-from . import audit
+from . import audit, partitions
 from .db import BUSY_ERRORS, UNAVAILABLE_ERRORS, ConnectionLost, DatabaseBusy
 from .messages import format_timestamp
 
@@ -106,18 +106,27 @@ class ProjectRow:
 
 
 async def create_project(
-    conn: asyncpg.Connection, *, id: str, name: str, repo: str | None, webhook_secret: str | None = None
+    conn: asyncpg.Connection,
+    *,
+    id: str,
+    name: str,
+    repo: str | None,
+    webhook_secret: str | None = None,
+    partition_events: int = partitions.DEFAULT_EVENTS,
 ) -> ProjectRow:
-    """A new project; `webhook_secret`: the secret of its own GitHub hook (/webhooks/github/ID)."""
+    """A new project, with its log's first partition; `webhook_secret`: the secret of its own GitHub hook
+    (/webhooks/github/ID); `partition_events`: seqs per partition of its log (partitions.py)."""
     try:
-        row = await conn.fetchrow(
-            "INSERT INTO projects (id, name, repo, webhook_secret) VALUES ($1, $2, $3, $4) "
-            "RETURNING id, name, repo, head",
-            id,
-            name,
-            repo,
-            webhook_secret,
-        )
+        async with conn.transaction():
+            row = await conn.fetchrow(
+                "INSERT INTO projects (id, name, repo, webhook_secret) VALUES ($1, $2, $3, $4) "
+                "RETURNING id, name, repo, head",
+                id,
+                name,
+                repo,
+                webhook_secret,
+            )
+            await partitions.extend(conn, id, upto=partition_events, size=partition_events)
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name == "projects_repo_key":
             raise RepoTaken(repo) from None
@@ -234,6 +243,8 @@ WITH next AS (
     INSERT INTO events (project_id, seq, message_id, type, data, hash)
     SELECT $1, next.head, $2, $3, $4::jsonb, next.last_hash FROM next
     RETURNING seq, created_at, data, hash
+), id AS (
+    INSERT INTO event_ids (project_id, message_id, seq) SELECT $1, $2, seq FROM event
 ), latest AS (
     INSERT INTO project_state (project_id, type, subject, seq)
     SELECT $1, $3, sha256(convert_to($5::jsonb::text, 'UTF8')), seq FROM event WHERE $5::jsonb IS NOT NULL
@@ -267,13 +278,9 @@ async def append(
     about_json = None if about is None else orjson.dumps(about).decode()
     args = (project_id, message_id, type, payload, about_json, before, after)
     try:
-        if conn.is_in_transaction():
-            async with conn.transaction():  # a savepoint
-                row = await conn.fetchrow(_APPEND, *args)
-        else:
-            row = await conn.fetchrow(_APPEND, *args)
+        row = await _append_row(conn, args)
     except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name != "events_message_id_key":
+        if exc.constraint_name != "event_ids_pkey":
             raise
         # The statement failed as a whole, so the head it incremented was rolled back with it.
         original = await get_by_message_id(conn, project_id, message_id)
@@ -287,9 +294,25 @@ async def append(
     return event, True
 
 
+async def _append_row(conn: asyncpg.Connection, args: tuple[Any, ...]) -> asyncpg.Record | None:
+    for attempt in (1, 2):
+        try:
+            if conn.is_in_transaction():
+                async with conn.transaction():  # a savepoint
+                    return await conn.fetchrow(_APPEND, *args)
+            return await conn.fetchrow(_APPEND, *args)
+        except asyncpg.CheckViolationError as exc:
+            if attempt == 2 or not partitions.no_partition(exc):
+                raise
+            # The append outran the partitions made ahead (partitions.keep_ahead): make the next one.
+            await partitions.extend(conn, args[0], upto=(await head(conn, args[0]) or 0) + 1)
+    raise AssertionError("unreachable")
+
+
 async def get_by_message_id(conn: asyncpg.Connection, project_id: str, message_id: str) -> StoredEvent | None:
     row = await conn.fetchrow(
-        f"SELECT {_EVENT_COLUMNS} FROM events WHERE project_id = $1 AND message_id = $2",
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE project_id = $1"
+        " AND seq = (SELECT seq FROM event_ids WHERE project_id = $1 AND message_id = $2)",
         project_id,
         message_id,
     )
@@ -319,7 +342,10 @@ SELECT id, head, last_hash, {_TIMESTAMP} AS now FROM projects WHERE id = ANY($1:
 # With the locks held, every earlier append to these projects has committed, so this sees them all.
 _EXISTING = f"""
 SELECT {_EVENT_COLUMNS} FROM events
-WHERE (project_id, message_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+WHERE (project_id, seq) IN (
+    SELECT project_id, seq FROM event_ids
+    WHERE (project_id, message_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+)
 """
 
 # The rest of the batch in one statement: the events (seqs and hashes computed by the caller, contiguous
@@ -333,6 +359,8 @@ WITH new AS (
     INSERT INTO events (project_id, seq, message_id, type, data, hash)
     SELECT project_id, seq, message_id, type, data::jsonb, hash FROM new
     RETURNING project_id, seq, created_at, data::text AS data, hash
+), id AS (
+    INSERT INTO event_ids (project_id, message_id, seq) SELECT project_id, message_id, seq FROM new
 ), head AS (
     UPDATE projects SET head = h.head, last_hash = h.last_hash
     FROM unnest($8::text[], $9::bigint[], $10::bytea[]) AS h(id, head, last_hash) WHERE projects.id = h.id
@@ -364,6 +392,21 @@ async def append_many(
     earlier in the batch, appends nothing and yields the original event. `data` must be validated.
     Opens its own transaction: `conn` must not be in one.
     """
+    try:
+        return await _append_many(conn, appends)
+    except asyncpg.CheckViolationError as exc:
+        if not partitions.no_partition(exc):
+            raise
+    # The batch outran the partitions made ahead (partitions.keep_ahead): make what it needs, and again.
+    for project_id in sorted({a.project_id for a in appends}):
+        upto = (await head(conn, project_id) or 0) + sum(1 for a in appends if a.project_id == project_id)
+        await partitions.extend(conn, project_id, upto=upto)
+    return await _append_many(conn, appends)
+
+
+async def _append_many(
+    conn: asyncpg.Connection, appends: Sequence[Append]
+) -> list[tuple[StoredEvent, bool] | ProjectNotFound]:
     results: list[tuple[StoredEvent, bool] | ProjectNotFound | None] = [None] * len(appends)
     async with conn.transaction():
         locked = await conn.fetch(_LOCK, sorted({a.project_id for a in appends}))

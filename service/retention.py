@@ -2,14 +2,15 @@
 
 A project's policy keeps the latest `keep_events` events, or the events at most `keep_days` days old,
 or (both unset, the default) everything. `prune` raises the project's low watermark (`oldest`) to what
-the policy keeps, after archiving what falls below it, and deletes those events in the same
-transaction that raises the watermark and records the chain's hash there (`pruned_hash`), so a reader
-sees both or neither (docs/delivery.md, "Pruning").
+the policy keeps, after archiving what falls below it, in one transaction that also records the chain's
+hash there (`pruned_hash`), so a reader sees both or neither (docs/delivery.md, "Pruning"). Then every
+partition of the log wholly below the watermark is dropped (partitions.drop_below): no DELETE.
 
-Some events below the watermark stay in the table, outside the log a reader can reach: those that make
-up the state at the watermark (each subject's latest event up to it, and the latest notifications),
-because the state snapshot and the state at any later seq read them (state.py). Every read starts at
-the watermark, and the audit verifies from it.
+Some events below the watermark stay, outside the log a reader can reach: those that make up the state
+at the watermark (each subject's latest event up to it, and the latest notifications; KEPT), because
+the state snapshot and the state at any later seq read them (state.py), and the rest of a partition that
+reaches above the watermark, until a later prune passes it whole. Every read starts at the watermark,
+and the audit verifies from it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from . import archive, state
+from . import archive, partitions, state
 from .eventlog import SUBJECT_HASH_SQL, ConnectionFactory
 
 logger = logging.getLogger("herald.retention")
@@ -66,13 +67,15 @@ async def policy(conn: asyncpg.Connection, project_id: str) -> Policy | None:
 @dataclass(frozen=True, slots=True)
 class Pruned:
     """What one prune removed from the log: the seqs `first` to `last`, archived to `archive` if any;
-    `deleted` rows left the table (the others stay below the watermark for the state)."""
+    `deleted` rows left the database with `partitions` dropped partitions (rows below the watermark in a
+    partition that also holds kept seqs wait for a later prune; those the state reads stay, unreadable)."""
 
     project_id: str
     first: int
     last: int
     archive: Path | None
     deleted: int
+    partitions: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,24 +84,23 @@ class Pruned:
             "last": self.last,
             "archive": None if self.archive is None else str(self.archive),
             "deleted": self.deleted,
+            "partitions": self.partitions,
         }
 
 
-# The events below the new watermark ($2) that the state reads: each subject's latest event up to it (so
-# the state at any seq from the watermark on, and the current state through project_state, find theirs),
-# and the latest notifications up to it (the snapshot's notification list).
-_DELETE = f"""
-WITH kept AS (
-    SELECT seq FROM project_state WHERE project_id = $1 AND seq < $2
-    UNION
-    (SELECT DISTINCT ON (type, subject) seq
-     FROM (SELECT type, seq, {SUBJECT_HASH_SQL} AS subject FROM events
-           WHERE project_id = $1 AND seq < $2 AND type = ANY($3::text[])) AS keyed
-     ORDER BY type, subject, seq DESC)
-    UNION
-    (SELECT seq FROM events WHERE project_id = $1 AND seq < $2 AND type = $4 ORDER BY seq DESC LIMIT $5)
-)
-DELETE FROM events WHERE project_id = $1 AND seq < $2 AND seq NOT IN (SELECT seq FROM kept)
+# The seqs below the watermark ($2) that the state reads: each subject's latest event up to it (so the
+# state at any seq from the watermark on, and the current state through project_state, find theirs), and
+# the latest notifications up to it (the snapshot's notification list). partitions.drop_below keeps them.
+KEPT = f"""
+SELECT seq FROM project_state WHERE project_id = $1 AND seq < $2
+UNION
+(SELECT DISTINCT ON (type, subject) seq
+ FROM (SELECT type, seq, {SUBJECT_HASH_SQL} AS subject FROM events
+       WHERE project_id = $1 AND seq < $2 AND type IN ({", ".join(f"'{t}'" for t in state.LATEST)})) AS keyed
+ ORDER BY type, subject, seq DESC)
+UNION
+(SELECT seq FROM events WHERE project_id = $1 AND seq < $2 AND type = '{state.NOTIFICATION_TYPE}'
+ ORDER BY seq DESC LIMIT {NOTIFICATIONS_KEPT})
 """
 
 _LOCK = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
@@ -133,23 +135,30 @@ async def prune(conn: asyncpg.Connection, project_id: str, *, archive: Path | No
     project is under way (an advisory lock, so instances never prune one project at once).
 
     With `archive`, the events leaving the log are first written to their archive file there; a failure
-    to archive prunes nothing. Then one transaction deletes them (but those the state reads), raises the
-    watermark and records the chain's hash at the new `oldest - 1`. The ack ledger, cursors and
-    project_state are untouched. Whole stretches of the log are summarized first (state.summarize), as
-    the state at a seq reads their summaries once their events are gone."""
+    to archive prunes nothing. Then one transaction raises the watermark and records the chain's hash at
+    the new `oldest - 1`, and the partitions wholly below it are dropped, but for the rows the state reads
+    (partitions.drop_below). The ack ledger, cursors and project_state are untouched. Whole stretches of
+    the log are summarized first (state.summarize), as the state at a seq reads their summaries once
+    their events are gone."""
     key = f"herald-prune:{project_id}"
     if not await conn.fetchval(_LOCK, key):
         return None
     try:
         bounds = await target(conn, project_id, now=now)
-        if bounds is None or bounds[1] <= bounds[0]:
+        if bounds is None:
             return None
         first, new_oldest = bounds
+        if new_oldest <= first:
+            # Nothing new to prune; partitions an earlier prune found too busy to drop go now.
+            dropped = await partitions.drop_below(conn, project_id, first, KEPT)
+            if not dropped.partitions:
+                return None
+            return Pruned(project_id, first, first - 1, None, dropped.rows - dropped.kept, dropped.partitions)
         last = new_oldest - 1
         await state.summarize(conn, project_id, upto=last)
         written = None if archive is None else await archive_range(conn, archive, project_id, first, last)
         async with conn.transaction():
-            # The same lock as summarize: a stretch is never summarized while its events are being deleted.
+            # The same lock as summarize: the watermark never rises past a stretch while it is summarized.
             await conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"herald-stretches:{project_id}"
             )
@@ -157,16 +166,15 @@ async def prune(conn: asyncpg.Connection, project_id: str, *, archive: Path | No
             pruned_hash = await conn.fetchval(
                 "SELECT hash FROM events WHERE project_id = $1 AND seq = $2", project_id, last
             )
-            status: str = await conn.execute(
-                _DELETE, project_id, new_oldest, list(state.LATEST), state.NOTIFICATION_TYPE, NOTIFICATIONS_KEPT
-            )
             await conn.execute(
                 "UPDATE projects SET oldest = $2, pruned_hash = $3 WHERE id = $1 AND oldest < $2",
                 project_id,
                 new_oldest,
                 pruned_hash,
             )
-        return Pruned(project_id, first, last, written, int(status.split()[-1]))
+        # Below the raised watermark nothing is read but what KEPT names: whole partitions there go.
+        dropped = await partitions.drop_below(conn, project_id, new_oldest, KEPT)
+        return Pruned(project_id, first, last, written, dropped.rows - dropped.kept, dropped.partitions)
     finally:
         await conn.fetchval(_UNLOCK, key)
 

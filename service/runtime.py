@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from . import auth, db, eventlog, retention, state
+from . import auth, db, eventlog, partitions, retention, state
 from .codes import CloseCode
 from .config import Settings
 from .connection import keep_alive
@@ -112,6 +112,7 @@ class Runtime:
             self.acks.run(),
             keep_alive(self.hub.clients, heartbeat_s),
             state.keep_summaries(self.database.connection),
+            partitions.keep_ahead(self.database.connection),
             retention.keep_pruning(
                 self.database.connection,
                 archive=self.settings.archive_root(),

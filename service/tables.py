@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -21,7 +22,6 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
-    UniqueConstraint,
     func,
     text,
 )
@@ -62,7 +62,8 @@ Index("projects_repo_key", func.lower(projects.c.repo), unique=True)
 events = Table(
     "events",
     metadata,
-    Column("project_id", Text, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    # No foreign key: attaching a partition would lock `projects` against appends (migration 0010).
+    Column("project_id", Text, nullable=False),
     Column("seq", BigInteger, nullable=False),
     Column("message_id", Text, nullable=False),
     Column("type", Text, nullable=False),
@@ -71,7 +72,33 @@ events = Table(
     # SHA-256 over the previous event's hash and this event's canonical form (audit.py).
     Column("hash", LargeBinary, nullable=False),
     PrimaryKeyConstraint("project_id", "seq", name="events_pkey"),
-    UniqueConstraint("project_id", "message_id", name="events_message_id_key"),
+    # Partitioned by ranges of each project's seqs (partitions.py; the partitions are not in this metadata).
+    postgresql_partition_by="RANGE (project_id, seq)",
+)
+
+# A messageId appends once per project: the unique constraint the partitioned log cannot hold itself
+# (PostgreSQL's unique constraints on a partitioned table must contain the partition key).
+event_ids = Table(
+    "event_ids",
+    metadata,
+    Column("project_id", Text, nullable=False),
+    Column("message_id", Text, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("project_id", "message_id", name="event_ids_pkey"),
+)
+Index("event_ids_seq", event_ids.c.project_id, event_ids.c.seq)
+
+# The log's partitions, each project's seqs first_seq..last_seq; `kept`: a partition below the watermark
+# that holds only the rows the state reads (partitions.drop_below).
+log_partitions = Table(
+    "log_partitions",
+    metadata,
+    Column("project_id", Text, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("first_seq", BigInteger, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("name", Text, nullable=False, unique=True),
+    Column("kept", Boolean, nullable=False),
+    PrimaryKeyConstraint("project_id", "first_seq", name="log_partitions_pkey"),
 )
 # The notification feed of the state snapshot (state.py) reads a project's latest pull-request events;
 # this keeps that an index scan of a few rows however long the log grows, at the cost of one index

@@ -23,7 +23,7 @@ import rfc8785
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from service import audit
+from service import audit, partitions
 from service.messages import format_timestamp
 from tests.conftest import SECRET, RunningServer, timeout
 
@@ -173,8 +173,12 @@ async def fill(
         )
         previous = audit.link(previous, canonical)
         records.append((project_id, seq, message_id, kind, orjson.dumps(data).decode(), created, previous))
+    await partitions.extend(conn, project_id, upto=head + count)
     await conn.copy_records_to_table(
         "events", records=records, columns=["project_id", "seq", "message_id", "type", "data", "created_at", "hash"]
+    )
+    await conn.copy_records_to_table(
+        "event_ids", records=[r[:3] for r in records], columns=["project_id", "seq", "message_id"]
     )
     await conn.execute(
         "UPDATE projects SET head = $2, last_hash = $3 WHERE id = $1", project_id, head + count, previous

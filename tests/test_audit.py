@@ -191,7 +191,7 @@ async def test_two_swapped_events_are_named_at_the_lower_seq(server: RunningServ
     await create(client, "p")
     for i in range(6):
         await publish(client, "p", 1, progress=i * 10)
-    for move in ("seq = -2 WHERE seq = 2", "seq = 2 WHERE seq = 5", "seq = 5 WHERE seq = -2"):
+    for move in ("seq = 99999 WHERE seq = 2", "seq = 2 WHERE seq = 5", "seq = 5 WHERE seq = 99999"):
         await tampered(server, f"UPDATE events SET {move} AND project_id = 'p'")
     body = await verify(client, "p")
     assert body["ok"] is False and body["firstBad"] == 2, body

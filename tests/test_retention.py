@@ -19,9 +19,16 @@ import asyncpg
 import httpx
 import pytest
 
-from service import archive, db, retention
+from service import archive, db, partitions, retention
+from service.config import Settings
 from tests.conftest import RunningServer, make_settings, start_server, stop_server, timeout
 from tests.helpers import cli, create, fill, generated, publish, recompute, wait_until
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    """Partitions of 5 seqs, so that the prunes of these short logs drop whole partitions."""
+    return make_settings(database_url, tmp_path, partition_events=5)
 
 
 async def publish_mixed(client: httpx.AsyncClient, pid: str, start: int, count: int) -> None:
@@ -310,6 +317,8 @@ async def test_an_export_a_prune_overtakes_is_cut_short_not_holed(
     await create(client, "p")
     conn = await connect(server)
     try:
+        # Past its first partition, this project's log goes on in partitions of 50,000, not of 5.
+        await partitions.extend(conn, "p", upto=100_005, size=50_000)
         await fill(conn, "p", 100_000, start=datetime.now(UTC) - timedelta(hours=2))
         await set_policy(client, "p", {"keepEvents": 10})
         with pytest.raises(httpx.RemoteProtocolError):

@@ -55,7 +55,7 @@ from ..messages import (
     format_timestamp,
 )
 from . import errors
-from .dependencies import AppenderDep, Auth, BatchGatesDep, DatabaseDep, MetricsDep, ReadinessDep, require
+from .dependencies import AppenderDep, Auth, BatchGatesDep, DatabaseDep, MetricsDep, ReadinessDep, SettingsDep, require
 from .errors import ERRORS, ApiError, error_response, outcome_unknown, project_missing
 
 JSON = "application/json"
@@ -229,7 +229,7 @@ async def readyz(running: ReadinessDep) -> Response:
     openapi_extra=_body(ProjectCreate),
     tags=["projects"],
 )
-async def create_project(request: Request, principal: Auth, database: DatabaseDep) -> Response:
+async def create_project(request: Request, principal: Auth, database: DatabaseDep, settings: SettingsDep) -> Response:
     """Create a project (admin). The token must name the project's id, or `*`."""
     if not principal.has("admin"):
         raise ApiError(ErrorCode.FORBIDDEN, "creating projects needs the 'admin' scope")
@@ -239,7 +239,12 @@ async def create_project(request: Request, principal: Auth, database: DatabaseDe
     async with database.connection() as conn:
         try:
             project = await eventlog.create_project(
-                conn, id=body.id, name=body.name, repo=body.repo, webhook_secret=body.webhook_secret
+                conn,
+                id=body.id,
+                name=body.name,
+                repo=body.repo,
+                webhook_secret=body.webhook_secret,
+                partition_events=settings.partition_events,
             )
         except eventlog.ProjectExists:
             raise ApiError(ErrorCode.EXISTS, f"project {body.id!r} already exists", field="id") from None
