@@ -230,9 +230,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
             print(json.dumps(pruned.to_dict()))
         if not done:
             print("nothing to prune", file=sys.stderr)
+        if args.project is None:
+            forgotten = await retention.Housekeeping.of(settings).run(conn)
+            print(f"housekeeping forgot {forgotten['cursors']} cursors and {forgotten['deliveries']} webhook "
+                  "delivery records", file=sys.stderr)  # fmt: skip
         return 0
 
-    return on_database(load_settings(), work)
+    settings = load_settings()
+    return on_database(settings, work)
 
 
 def cmd_archive_restore(args: argparse.Namespace) -> int:

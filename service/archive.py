@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 import asyncpg
 import orjson
 
-from . import audit, eventlog, state
+from . import audit, eventlog, partitions, state
 from .messages import format_timestamp
 
 PAGE = 1000  # events read per query while archiving
@@ -225,10 +225,14 @@ class Restored:
 # archive holds, so every number keeps its exact spelling and the restored event is served byte for byte
 # as the archived one (a round trip through Python floats could respell `1.10` as `1.1`).
 _INSERT = """
-INSERT INTO events (project_id, seq, message_id, type, data, created_at, hash)
-SELECT $1, (e ->> 'seq')::bigint, e ->> 'messageId', e ->> 'type', e -> 'data',
-       (e ->> 'timestamp')::timestamptz, decode(e ->> 'hash', 'hex')
-FROM unnest($2::text[]) AS line(text), LATERAL (SELECT line.text::jsonb AS e) AS parsed
+WITH event AS (
+    INSERT INTO events (project_id, seq, message_id, type, data, created_at, hash)
+    SELECT $1, (e ->> 'seq')::bigint, e ->> 'messageId', e ->> 'type', e -> 'data',
+           (e ->> 'timestamp')::timestamptz, decode(e ->> 'hash', 'hex')
+    FROM unnest($2::text[]) AS line(text), LATERAL (SELECT line.text::jsonb AS e) AS parsed
+    RETURNING project_id, message_id, seq
+)
+INSERT INTO event_ids (project_id, message_id, seq) SELECT project_id, message_id, seq FROM event
 """
 
 # The project state of the restored range, as the append statement keeps it: the latest event of each
@@ -362,6 +366,7 @@ async def restore(
                         batch.append(line.decode())
                         expected += 1
                     if batch:
+                        await partitions.extend(conn, project_id, upto=expected - 1)
                         try:
                             await conn.execute(_INSERT, project_id, batch)
                         except asyncpg.UniqueViolationError as exc:

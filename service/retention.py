@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,7 +25,8 @@ from typing import Any
 
 import asyncpg
 
-from . import archive, partitions, state
+from . import archive, cursors, partitions, state, webhooks
+from .config import Settings
 from .eventlog import SUBJECT_HASH_SQL, ConnectionFactory
 
 logger = logging.getLogger("herald.retention")
@@ -204,14 +206,47 @@ async def prune_all(
     return done
 
 
-async def keep_pruning(connection: ConnectionFactory, *, archive: Path | None, interval_s: float) -> None:
-    """Every `interval_s`, prune every project by its policy, until cancelled. Every instance runs this;
-    the advisory lock of `prune` lets one of them prune each project."""
+@dataclass(frozen=True, slots=True)
+class Housekeeping:
+    """What the prune's schedule also forgets (docs/operations.md): cursors of clients not seen for
+    `cursor_ttl` (HERALD_CURSOR_TTL_DAYS), and webhook delivery records older than `webhook_dedupe`
+    (HERALD_WEBHOOK_DEDUPE_DAYS, longer than GitHub's redelivery window)."""
+
+    cursor_ttl: timedelta
+    webhook_dedupe: timedelta
+
+    @classmethod
+    def of(cls, settings: Settings) -> Housekeeping:
+        return cls(timedelta(days=settings.cursor_ttl_days), timedelta(days=settings.webhook_dedupe_days))
+
+    async def run(self, conn: asyncpg.Connection) -> dict[str, int]:
+        return {
+            "cursors": await cursors.prune_stale(conn, older_than=self.cursor_ttl),
+            "deliveries": await webhooks.prune_deliveries(conn, older_than=self.webhook_dedupe),
+        }
+
+
+async def keep_pruning(
+    connection: ConnectionFactory,
+    *,
+    archive: Path | None,
+    interval_s: float,
+    housekeeping: Housekeeping | None = None,
+    on_pruned: Callable[[Pruned], None] = lambda _: None,
+) -> None:
+    """Every `interval_s`, prune every project by its policy and do the housekeeping, until cancelled.
+    Every instance runs this; the advisory lock of `prune` lets one of them prune each project (the
+    housekeeping's deletes are idempotent, so instances doing it together only repeat each other)."""
     while True:
         await asyncio.sleep(interval_s)
         try:
             async with connection() as conn:
                 for pruned in await prune_all(conn, archive=archive, now=await conn.fetchval("SELECT now()")):
                     logger.info("pruned %s", pruned.to_dict())
+                    on_pruned(pruned)
+                if housekeeping is not None:
+                    forgotten = await housekeeping.run(conn)
+                    if any(forgotten.values()):
+                        logger.info("housekeeping forgot %s", forgotten)
         except Exception as exc:  # the database is down, or the archive unwritable: the next round tries again
             logger.warning("pruning failed, will retry: %s", exc)

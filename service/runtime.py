@@ -117,6 +117,8 @@ class Runtime:
                 self.database.connection,
                 archive=self.settings.archive_root(),
                 interval_s=self.settings.prune_interval_s,
+                housekeeping=retention.Housekeeping.of(self.settings),
+                on_pruned=lambda pruned: self.metrics.record_pruned(pruned.project_id, pruned.deleted),
             ),
         ):
             task = asyncio.create_task(coro)

@@ -375,20 +375,20 @@ PRUNE_BATCH = 10_000  # delivery records deleted per statement
 
 
 async def prune_deliveries(conn: asyncpg.Connection, *, older_than: timedelta) -> int:
-    """Delete the records of deliveries received longer ago than `older_than` (HERALD_WEBHOOK_DEDUPE_DAYS);
-    returns how many were deleted.
+    """Delete the records of deliveries received longer ago than `older_than` (HERALD_WEBHOOK_DEDUPE_DAYS)
+    whose event a prune has removed from the log; returns how many were deleted.
 
-    GitHub redelivers (on a timeout, or by hand) only deliveries of the past 3 days, so `older_than` must
-    be longer than that, with a margin (default 7 days): within it, a redelivery still finds its record
-    and appends nothing. Past it, a resend under the original delivery id is still stopped by its event's
-    messageId (`gh:<delivery id>`) for as long as the log keeps the event, but the same signed body sent
-    under a new delivery id is no longer recognized as a copy (docs/operations.md, "Housekeeping").
-    Deletes in batches of PRUNE_BATCH, each its own statement."""
+    A record is the guard against a replay of its signed body under a new delivery id (docs/security.md),
+    so it lives as long as its event (its messageId, `gh:<delivery id>`, in event_ids) and at least
+    `older_than`: GitHub redelivers (on a timeout, or by hand) only deliveries of the past 3 days, so
+    within the window a redelivery finds its record even for a project that keeps few events. Deletes in
+    batches of PRUNE_BATCH, each its own statement."""
     deleted = 0
     while True:
         status: str = await conn.execute(
-            "DELETE FROM webhook_deliveries WHERE ctid = ANY(ARRAY(SELECT ctid FROM webhook_deliveries "
-            "WHERE received_at < now() - $1::interval LIMIT $2))",
+            "DELETE FROM webhook_deliveries WHERE ctid = ANY(ARRAY(SELECT d.ctid FROM webhook_deliveries d "
+            "WHERE d.received_at < now() - $1::interval AND NOT EXISTS (SELECT 1 FROM event_ids i "
+            "WHERE i.project_id = d.project_id AND i.message_id = 'gh:' || d.delivery_id) LIMIT $2))",
             older_than,
             PRUNE_BATCH,
         )
