@@ -213,7 +213,7 @@ webhook_deliveries = Table(
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     # GitHub signs the body, not the delivery id: the same body re-sent under a new id is the same
     # delivery (GitHub's bodies are never byte-identical across events). These rows are the guard
-    # against replays: keep them as long as the events they appended.
+    # against replays: kept as long as the events they appended (webhooks.prune_deliveries).
     Column("body_sha256", LargeBinary, nullable=True),
     PrimaryKeyConstraint("hook_id", "delivery_id", name="webhook_deliveries_pkey"),
     Index("webhook_deliveries_body", "project_id", "body_sha256", unique=True),
