@@ -16,7 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from . import db, frames, limits, runtime
+from . import db, frames, limits, resources, runtime
 from .api import audit, http, sse, webhooks, websocket
 from .auth import install_log_redaction
 from .config import Settings
@@ -24,7 +24,7 @@ from .messages import MAX_MESSAGE_BYTES
 
 logger = logging.getLogger("herald.app")
 
-FRONTEND_DIST = db.ROOT / "frontend" / "dist"
+FRONTEND_DIST = resources.path("dashboard")  # the built dashboard: the wheel's copy, else frontend/dist
 
 
 class Server(uvicorn.Server):
