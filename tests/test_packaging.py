@@ -184,6 +184,7 @@ async def test_migrate_token_serve_from_another_directory(installed: Installed, 
                     await asyncio.sleep(0.1)
             assert health.status_code == 200
             assert health.json() == {"status": "ok", "version": __version__, "protocol": "1.1"}
+            assert (await client.get("/api/openapi.json")).json()["info"]["version"] == __version__
 
             page = await client.get("/")
             assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
