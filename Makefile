@@ -14,12 +14,13 @@ FRONTEND_SOURCES := $(shell find frontend/src frontend/public frontend/index.htm
 # bench/audit.py chain: the last commit before the audit chain, the first with it, and this tree.
 AUDIT_SIDES ?= without=2ccc651,chain=8ef3d25,now=.
 
-.PHONY: run test test-python test-frontend check setup clean help bench
+.PHONY: run test test-python test-frontend check setup clean help bench lock
 
 help:
 	@echo "make run    set up everything and start Herald with its dashboard on an embedded PostgreSQL"
 	@echo "            (with a live demo stream; DEMO=0 to start empty)"
 	@echo "make test   set up everything and run every test and check"
+	@echo "make lock   re-pin requirements.lock after a dependency changes in pyproject.toml"
 	@echo "make bench  every benchmark beside the peers, then docs/benchmarks.md (about 60 min;"
 	@echo "            BENCH_MINUTES=10 sets the soak and the sustained-RSS run, BENCH_DATABASE_URL an external server)"
 
@@ -30,11 +31,20 @@ test: setup test-python test-frontend
 
 setup: $(VENV)/.installed frontend/node_modules/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Exactly the versions in requirements.lock (every extra: dev, bench, embedded), then Herald itself,
+# editable, without letting pip pick anything else.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	@touch $@
+
+# After changing a dependency in pyproject.toml: pin the newest versions that fit, for Python 3.11.
+# Pins already in the lock are kept when they still fit (add --upgrade to move them all).
+lock: $(VENV)/.installed
+	$(PY) -m piptools compile --quiet --strip-extras --extra dev --extra bench --extra embedded \
+		--no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
 frontend/node_modules/.installed: frontend/package.json frontend/package-lock.json
 	cd frontend && $(NPM) ci --no-audit --no-fund
@@ -53,7 +63,8 @@ bench/client/node_modules/.installed: bench/client/package.json bench/client/pac
 frontend/dist/index.html: frontend/node_modules/.installed $(FRONTEND_SOURCES)
 	cd frontend && $(NPM) run build
 
-test-python: $(VENV)/.installed tests/fixtures/node_modules/.installed bench/client/node_modules/.installed
+# The built dashboard first: tests/test_packaging.py builds the wheel, which carries it.
+test-python: $(VENV)/.installed frontend/dist/index.html tests/fixtures/node_modules/.installed bench/client/node_modules/.installed
 	$(PY) -m ruff check service tests migrations bench
 	$(PY) -m mypy
 	$(PY) -m pytest

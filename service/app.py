@@ -16,7 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from . import db, frames, limits, runtime
+from . import __version__, db, frames, limits, resources, runtime
 from .api import audit, http, sse, webhooks, websocket
 from .auth import install_log_redaction
 from .config import Settings
@@ -24,7 +24,7 @@ from .messages import MAX_MESSAGE_BYTES
 
 logger = logging.getLogger("herald.app")
 
-FRONTEND_DIST = db.ROOT / "frontend" / "dist"
+FRONTEND_DIST = resources.path("dashboard")  # the built dashboard: the wheel's copy, else frontend/dist
 
 
 class Server(uvicorn.Server):
@@ -82,7 +82,7 @@ def create_app(settings: Settings, *, frontend_dist: Path | None = FRONTEND_DIST
 
     app = FastAPI(
         title="Herald",
-        version="1",
+        version=__version__,  # the release: the document also describes its extensions, which change with it
         summary="Durable real-time notifications: a PostgreSQL event log with WebSocket and SSE delivery.",
         lifespan=lifespan,
         docs_url="/api/docs",

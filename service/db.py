@@ -20,9 +20,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import psutil
 
+from . import resources
+
 logger = logging.getLogger("herald.db")
 
-ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_DATABASE = "herald"
 
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -120,12 +121,13 @@ async def create_pool(url: str, *, size: int, timeout: float) -> asyncpg.Pool:
 
 
 def alembic_config(url: str) -> Any:
-    """An alembic Config for this checkout, with the URL passed as an attribute rather than through
-    the ini parser (where a `%` in a password would break interpolation)."""
+    """An alembic Config for the migrations that ship with this Herald (the installed package's, or the
+    checkout's), with the URL passed as an attribute rather than through the ini parser (where a `%` in
+    a password would break interpolation)."""
     from alembic.config import Config
 
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config = Config(str(resources.path("alembic.ini")))
+    config.set_main_option("script_location", str(resources.path("migrations")))
     config.attributes["url"] = sqlalchemy_url(url)
     return config
 

@@ -364,6 +364,13 @@ class Health(Wire):
     status: Literal["ok"]
 
 
+class Liveness(Health):
+    """`/healthz`: also which release answers, and which version of the wire contract it speaks."""
+
+    version: str = Field(description="Herald's release, e.g. 0.1.0 (the same as the Python and npm packages)")
+    protocol: str = Field(description="the version of the wire contract (docs/protocol.md) it speaks, e.g. 1.1")
+
+
 # --- WebSocket: client to server ---------------------------------------------------------------------
 
 

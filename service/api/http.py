@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from .. import cursors, eventlog, retention, state
+from .. import PROTOCOL_VERSION, __version__, cursors, eventlog, retention, state
 from ..codes import ErrorCode
 from ..db import ConnectionLost, Database
 from ..messages import (
@@ -42,6 +42,7 @@ from ..messages import (
     EventType,
     Health,
     InvalidData,
+    Liveness,
     Project,
     ProjectCreate,
     ProjectList,
@@ -196,11 +197,12 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-@router.get("/healthz", response_model=Health, responses={503: {"model": ErrorBody}}, tags=["health"])
+@router.get("/healthz", response_model=Liveness, responses={503: {"model": ErrorBody}}, tags=["health"])
 async def healthz(database: DatabaseDep) -> Response:
-    """200 while the database answers; 503 `unavailable` otherwise."""
+    """200 while the database answers, with the release and the wire contract's version; 503
+    `unavailable` otherwise."""
     if await database.healthy():
-        return json_response({"status": "ok"})
+        return json_response({"status": "ok", "version": __version__, "protocol": PROTOCOL_VERSION})
     return error_response(ErrorCode.UNAVAILABLE, "the database is unreachable", headers={"Retry-After": "1"})
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service import __version__
 from tests.conftest import RunningServer
 
 RUN = {"runId": "r1", "status": "running", "progress": 42.5, "step": "tests", "message": "running"}
@@ -45,9 +46,10 @@ def assert_error(r: httpx.Response, status: int, code: str, field: str | None = 
 
 
 async def test_health(client: httpx.AsyncClient) -> None:
-    """/healthz needs no token and says ok while the database answers."""
+    """/healthz needs no token and says ok while the database answers, with the release and the wire
+    contract's version."""
     r = await client.get("/healthz", headers={"Authorization": ""})
-    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert r.status_code == 200 and r.json() == {"status": "ok", "version": __version__, "protocol": "1.1"}
 
 
 async def test_project_lifecycle(client: httpx.AsyncClient) -> None:
