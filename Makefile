@@ -34,6 +34,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet -e clients/python  # herald_client, the Python client (its own distribution)
 	@touch $@
 
 frontend/node_modules/.installed: frontend/package.json frontend/package-lock.json
