@@ -202,6 +202,29 @@ async def test_terminal_answers_end_the_iteration(server: RunningServer, client:
     assert (info.value.code, info.value.close_code) == ("closed", 4401)
 
 
+async def test_a_token_function_renews_an_expired_token(server: RunningServer, client: httpx.AsyncClient) -> None:
+    """With the token given as a function, the 4401 that ends a welcomed connection when its token
+    expires is followed by a reconnect with a fresh token, resuming where it was: every event once."""
+    await create(client, "p")
+    issued: list[int] = []
+
+    def token() -> str:
+        issued.append(2 if not issued else 3600)
+        return server.token(ttl_s=issued[-1])
+
+    collector = Collector(Subscriber(server.base_url, token, "p", client_id="renewing", **FAST))
+    await wait_until(lambda: collector.subscriber.position("p") is not None, 10, "the subscription")
+    await publish(client, "p", 3)
+    await collector.wait_for(3)
+    await wait_until(lambda: collector.subscriber.connections >= 2, 10, "a reconnect after the expiry")
+    await publish(client, "p", 3)
+    await collector.wait_for(6)
+    await asyncio.sleep(0.3)
+    assert collector.seqs() == [1, 2, 3, 4, 5, 6] and issued[:2] == [2, 3600]
+    assert not collector.task.done()
+    await collector.stop()
+
+
 def test_backoff_is_bounded_and_grows() -> None:
     """Every reconnect delay lies within [low, high]; the ceiling doubles per failure."""
     delays = [backoff(step, 0.5, 20.0) for step in range(12) for _ in range(50)]

@@ -21,16 +21,19 @@ Connections: retried with exponential backoff and full jitter on every close the
 retry (§4.5) and on network failures; the service's heartbeat `ping` is answered with `pong`, and a
 service silent for two heartbeats is dropped and reconnected. A terminal close (4401 a bad or expired
 token, 4403, 1009), a handshake the service refuses, or a project the token may not read (`forbidden`,
-`not_found`) ends the iteration with `SubscriberError`.
+`not_found`) ends the iteration with `SubscriberError`. A token given as a function is asked again for
+every connection, so a 4401 on a connection that had been welcomed (the token expired or was revoked
+meanwhile) is retried once with a fresh one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -104,6 +107,9 @@ class Resync:
 
 Item = Event | Resync
 
+# A token, or a function giving the current one (called for every connection and every HTTP read).
+TokenSource = str | Callable[[], str | Awaitable[str]]
+
 
 class SubscriberError(Exception):
     """The subscription cannot go on as configured: `code` is the service's error code (`forbidden`,
@@ -138,8 +144,9 @@ class Subscriber:
     be resumed. Use as an async context manager (or call `aclose()`); iterate from one task only.
 
     Arguments: `base_url` is the service (`http://host:port`; `ws://` works too) and `token` a token
-    with `subscribe` on every project. `client_id` (1-128 printable characters) names the durable
-    cursor: keep it stable across restarts of the consumer so that it resumes where it left off.
+    with `subscribe` on every project, or a function (plain or async) that returns the current one.
+    `client_id` (1-128 printable characters) names the durable cursor: keep it stable across restarts
+    of the consumer so that it resumes where it left off.
     `after` maps projects to a starting seq for their first subscription (default: the durable cursor,
     or new events only when there is none). `fetch_state` loads `/state` (`state_limit` items per list)
     into each `Resync`. `backoff_s` bounds the reconnect delays; `ack_interval_s` is how often acks of
@@ -151,7 +158,7 @@ class Subscriber:
     def __init__(
         self,
         base_url: str,
-        token: str,
+        token: TokenSource,
         projects: str | Iterable[str],
         *,
         client_id: str,
@@ -168,7 +175,7 @@ class Subscriber:
         if not self.projects:
             raise ValueError("subscribe to at least one project")
         self.client_id = client_id
-        self.token = token
+        self._token_source = token
         self.auto_ack = auto_ack
         self.fetch_state = fetch_state
         self.state_limit = state_limit
@@ -214,6 +221,8 @@ class Subscriber:
         if self._current is not None and self.auto_ack:
             self._mark_handled(self._current)
         self._current = None
+        if self._closed:
+            raise StopAsyncIteration
         item = await self._queue.get()
         self._room.set()
         if isinstance(item, _End):
@@ -279,7 +288,7 @@ class Subscriber:
             await self._run()
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # a terminal failure, or a bug: the application sees it either way
+        except Exception as exc:  # a terminal failure, or a bug: the application sees it either way
             self._queue.put_nowait(_End(exc))
 
     async def _run(self) -> None:
@@ -310,7 +319,7 @@ class Subscriber:
         welcomed = False
         acks: asyncio.Task[None] | None = None
         try:
-            await ws.send(json.dumps({"type": "auth", "token": self.token}))
+            await ws.send(json.dumps({"type": "auth", "token": await self._token()}))
             async with asyncio.timeout(self.open_timeout_s):
                 welcome = json.loads(await ws.recv())
             if welcome.get("type") != "welcome":
@@ -331,7 +340,8 @@ class Subscriber:
                 await self._frame(ws, json.loads(raw))
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd is not None else None
-            if code in TERMINAL_CLOSE_CODES:
+            renewable = code == 4401 and welcomed and not isinstance(self._token_source, str)
+            if code in TERMINAL_CLOSE_CODES and not renewable:
                 reason = exc.rcvd.reason if exc.rcvd is not None else ""
                 raise SubscriberError("closed", f"closed with {code}: {reason}", close_code=code) from exc
             logger.info("herald: connection closed (%s); resuming", code)
@@ -439,14 +449,16 @@ class Subscriber:
     async def _state(self, project_id: str) -> dict[str, Any]:
         """The project's state snapshot (§8), retried while the service cannot answer."""
         if self._http is None:
-            self._http = httpx.AsyncClient(
-                base_url=self._http_url, headers={"Authorization": f"Bearer {self.token}"}, timeout=10
-            )
+            self._http = httpx.AsyncClient(base_url=self._http_url, timeout=10)
         limit = self.state_limit if self.fetch_state else 1
         failures = 0
         while True:
             try:
-                r = await self._http.get(f"/api/projects/{quote(project_id, safe='')}/state", params={"limit": limit})
+                r = await self._http.get(
+                    f"/api/projects/{quote(project_id, safe='')}/state",
+                    params={"limit": limit},
+                    headers={"Authorization": f"Bearer {await self._token()}"},
+                )
             except httpx.TransportError as exc:
                 logger.info("herald: cannot read the state of %s (%s); retrying", project_id, exc)
             else:
@@ -457,6 +469,12 @@ class Subscriber:
                     raise SubscriberError("state", f"reading the state answered {r.status_code}: {r.text[:200]}")
             await asyncio.sleep(backoff(failures, *self.backoff_s))
             failures += 1
+
+    async def _token(self) -> str:
+        if isinstance(self._token_source, str):
+            return self._token_source
+        token = self._token_source()
+        return await token if inspect.isawaitable(token) else token
 
     # --- acks ----------------------------------------------------------------------------------------
 
