@@ -33,11 +33,12 @@ setup: $(VENV)/.installed frontend/node_modules/.installed
 
 # Exactly the versions in requirements.lock (every extra: dev, bench, embedded), then Herald itself,
 # editable, without letting pip pick anything else.
-$(VENV)/.installed: pyproject.toml requirements.lock
+$(VENV)/.installed: pyproject.toml requirements.lock clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet --no-deps -e clients/python  # herald_client, the Python client (its own distribution; httpx and websockets are in the lock)
 	@touch $@
 
 # After changing a dependency in pyproject.toml: pin the newest versions that fit, for Python 3.11.
