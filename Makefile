@@ -9,7 +9,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DEMO   ?= 1
 CHROMIUM := /usr/bin/chromium
-FRONTEND_SOURCES := $(shell find frontend/src frontend/public frontend/index.html frontend/vite.config.ts frontend/tsconfig*.json -type f 2>/dev/null)
+FRONTEND_SOURCES := $(shell find frontend/src frontend/lib/src frontend/lib/package.json frontend/public frontend/index.html frontend/vite.config.ts frontend/tsconfig*.json -type f 2>/dev/null)
 
 # bench/audit.py chain: the last commit before the audit chain, the first with it, and this tree.
 AUDIT_SIDES ?= without=2ccc651,chain=8ef3d25,now=.
