@@ -4,7 +4,7 @@ import { defineConfig, globalIgnores } from 'eslint/config';
 import tseslint from 'typescript-eslint';
 
 export default defineConfig([
-  globalIgnores(['dist', 'node_modules']),
+  globalIgnores(['dist', 'lib/dist', 'node_modules']),
   js.configs.recommended,
   tseslint.configs.recommended,
   reactHooks.configs.flat.recommended,
@@ -40,8 +40,8 @@ export default defineConfig([
     },
   },
   {
-    // Build scripts run in Node.
-    files: ['scripts/**/*.mjs'],
+    // Build scripts, and the scripts the pack test runs against the packed client, run in Node.
+    files: ['scripts/**/*.mjs', 'tests/pack/*.mjs'],
     languageOptions: { globals: { process: 'readonly', console: 'readonly' } },
   },
 ]);
