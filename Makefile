@@ -36,7 +36,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@touch $@
 
-frontend/node_modules/.installed: frontend/package.json frontend/package-lock.json
+frontend/node_modules/.installed: frontend/package.json frontend/lib/package.json frontend/package-lock.json
 	cd frontend && $(NPM) ci --no-audit --no-fund
 	@touch $@
 
@@ -89,4 +89,4 @@ bench: setup bench/client/node_modules/.installed
 	$(PY) bench/report.py
 
 clean:
-	rm -rf $(VENV) frontend/node_modules frontend/dist tests/fixtures/node_modules bench/client/node_modules
+	rm -rf $(VENV) frontend/node_modules frontend/dist frontend/lib/dist tests/fixtures/node_modules bench/client/node_modules
