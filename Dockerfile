@@ -2,6 +2,8 @@
 FROM node:20-bookworm-slim AS frontend
 WORKDIR /app/frontend
 COPY frontend/package.json frontend/package-lock.json ./
+# The client package (@herald/client) is an npm workspace of the dashboard: npm ci links it.
+COPY frontend/lib/package.json lib/
 RUN npm ci --no-audit --no-fund
 COPY frontend/ ./
 RUN npm run build

@@ -9,7 +9,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 DEMO   ?= 1
 CHROMIUM := /usr/bin/chromium
-FRONTEND_SOURCES := $(shell find frontend/src frontend/public frontend/index.html frontend/vite.config.ts frontend/tsconfig*.json -type f 2>/dev/null)
+FRONTEND_SOURCES := $(shell find frontend/src frontend/lib/src frontend/lib/package.json frontend/public frontend/index.html frontend/vite.config.ts frontend/tsconfig*.json -type f 2>/dev/null)
 
 # bench/audit.py chain: the last commit before the audit chain, the first with it, and this tree.
 AUDIT_SIDES ?= without=2ccc651,chain=8ef3d25,now=.
@@ -47,7 +47,7 @@ lock: $(VENV)/.installed
 	$(PY) -m piptools compile --quiet --strip-extras --extra dev --extra bench --extra embedded \
 		--no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
-frontend/node_modules/.installed: frontend/package.json frontend/package-lock.json
+frontend/node_modules/.installed: frontend/package.json frontend/lib/package.json frontend/package-lock.json
 	cd frontend && $(NPM) ci --no-audit --no-fund
 	@touch $@
 
@@ -101,4 +101,4 @@ bench: setup bench/client/node_modules/.installed
 	$(PY) bench/report.py
 
 clean:
-	rm -rf $(VENV) frontend/node_modules frontend/dist tests/fixtures/node_modules bench/client/node_modules
+	rm -rf $(VENV) frontend/node_modules frontend/dist frontend/lib/dist tests/fixtures/node_modules bench/client/node_modules

@@ -1,7 +1,7 @@
 """Close codes and error codes: the one table of what a client should do about each.
 
 Retry policy lives with the code, so no client has to guess whether reconnecting can help; the
-TypeScript client's `frontend/src/types/codes.ts` is generated from `table()`, which
+TypeScript client's `frontend/lib/src/types/codes.ts` is generated from `table()`, which
 `python -m service schema` prints as `x-herald-codes`.
 """
 

@@ -6,8 +6,8 @@
 import { readFile } from 'node:fs/promises';
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { AckList, Event } from '@herald/client';
 import { Service } from '../tests/service';
-import type { AckList, Event } from '../src/types/websocket';
 import { WAIT_MS, launch, openDashboard, pr, publish, tokenFor, unexpectedErrors } from './browser';
 
 let service: Service;

@@ -1,8 +1,8 @@
 // The browser side of the e2e tests: Debian's chromium through playwright-core, a dashboard page
 // signed in with a token, its console errors, and the events the tests publish over HTTP.
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import type { Event, EventDataByType, EventType } from '@herald/client';
 import { FACTOR, type Service } from '../tests/service';
-import type { Event, EventDataByType, EventType } from '../src/types/websocket';
 
 /** Debian's chromium (HERALD_CHROMIUM overrides); Playwright's own browser downloads are not used. */
 export const CHROMIUM = process.env.HERALD_CHROMIUM || '/usr/bin/chromium';

@@ -4,8 +4,8 @@
 // history pruned while the page was away is said quietly, the card reloaded to the current state.
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Event } from '@herald/client';
 import { FACTOR, Service } from '../tests/service';
-import type { Event } from '../src/types/websocket';
 import { WAIT_MS, launch, openDashboard, pr, publish, seqsIn, tokenFor, unexpectedErrors } from './browser';
 import { recordLatency } from './record';
 

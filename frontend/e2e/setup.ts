@@ -32,9 +32,13 @@ function newest(dir: string): number {
 function ensureBuilt(): void {
   const index = join(frontend, 'dist', 'index.html');
   if (!existsSync(index)) throw new Error('frontend/dist is missing: run `npm run build` before `npm run test:e2e`');
-  const sources = Math.max(newest(join(frontend, 'src')), statSync(join(frontend, 'index.html')).mtimeMs);
+  const sources = Math.max(
+    newest(join(frontend, 'src')),
+    newest(join(frontend, 'lib', 'src')),
+    statSync(join(frontend, 'index.html')).mtimeMs,
+  );
   if (statSync(index).mtimeMs < sources) {
-    throw new Error('frontend/dist is older than frontend/src: run `npm run build` before `npm run test:e2e`');
+    throw new Error('frontend/dist is older than its sources (src, lib/src): run `npm run build` before `npm run test:e2e`');
   }
 }
 

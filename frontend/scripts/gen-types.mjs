@@ -1,8 +1,8 @@
 // Generates the TypeScript wire types from the service's JSON Schema (`python -m service schema`):
-//   src/types/websocket.ts  every model of service/messages.py, plus the typed event envelope
-//   src/types/codes.ts      the error codes, close codes and retry policy of service/codes.py, and the
-//                           size limits of service/messages.py
-// `npm run gen:types` writes them; src/types/generated.test.ts fails when the committed files drift.
+//   lib/src/types/websocket.ts  every model of service/messages.py, plus the typed event envelope
+//   lib/src/types/codes.ts      the error codes, close codes and retry policy of service/codes.py, and the
+//                               size limits of service/messages.py
+// `npm run gen:types` writes them; lib/src/types/generated.test.ts fails when the committed files drift.
 // The Python interpreter is ../.venv/bin/python unless HERALD_PYTHON names another.
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
@@ -87,7 +87,7 @@ async function websocketTs(schema) {
     "  [K in T]: Omit<Event, 'type' | 'data'> & { type: K; data: EventDataByType[K] };\n",
     '}[T];\n\n',
     '// The client\'s own (hand-written) types: WebSocketState, UseWebSocketReturn, ...\n',
-    "export * from './state';\n",
+    "export * from './state.js';\n",
   ].join('');
 }
 
@@ -124,8 +124,8 @@ function codesTs(schema) {
 /** The generated files, by path relative to frontend/. */
 export async function generate(schema = readSchema()) {
   return {
-    'src/types/websocket.ts': await websocketTs(schema),
-    'src/types/codes.ts': codesTs(schema),
+    'lib/src/types/websocket.ts': await websocketTs(schema),
+    'lib/src/types/codes.ts': codesTs(schema),
   };
 }
 

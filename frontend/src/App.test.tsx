@@ -4,9 +4,9 @@
 // project page's audit tools following the token's scopes.
 import { act, cleanup, fireEvent, render, screen, within } from '@testing-library/react';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { ProjectState } from '@herald/client';
 import { fakeHttp, fakeSockets, hashOf, json } from '../tests/fakes';
 import App from './App';
-import type { ProjectState } from './types/websocket';
 
 function base64Url(value: unknown): string {
   return btoa(JSON.stringify(value)).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');

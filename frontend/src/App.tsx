@@ -1,6 +1,8 @@
 // The dashboard: an auth gate (a token from `#token=…`, kept from before, or asked for), then one
 // session per token (the client, its project store) and the two pages: the overview and a project.
 import { useCallback, useEffect, useMemo, useState } from 'react';
+import { HeraldContext, ProjectStoreContext } from '@herald/client/react';
+import { createClient, createProjectStore, indexedDbQueue, type ClientOptions } from '@herald/client';
 import { forgetToken, hasScope, readClaims, saveToken, storedToken, takeTokenFromUrl, tokenProblem, type Claims } from './auth';
 import { EmptyState } from './components/EmptyState';
 import { ErrorBoundary } from './components/ErrorBoundary';
@@ -12,12 +14,7 @@ import { Overview } from './components/dashboard/Overview';
 import { ActionsProvider } from './components/dashboard/actions';
 import { ProjectPage } from './components/project/ProjectPage';
 import { useProjectList } from './components/useProjectList';
-import { HeraldContext } from './hooks/useWebSocket';
 import { useRoute } from './route';
-import { createClient, type ClientOptions } from './services/client';
-import { indexedDbQueue } from './services/indexedDbQueue';
-import { createProjectStore } from './store/projectStore';
-import { ProjectStoreContext } from './store/react';
 
 interface Auth {
   token: string | null;

@@ -2,19 +2,19 @@
 // token can read, pages of a project's history, every client's cursor (admin), and the auditor's
 // reads: the chain's verification, the ack ledger and the export. Each throws a HeraldError for a
 // refusal (its `status` says which) and a TypeError when the service cannot be reached.
-import { errorOf } from './services/errors';
-import type {
-  AckRecord,
-  ChainBroken,
-  ChainIntact,
-  Cursor,
-  Event,
-  EventPage,
-  EventType,
-  Project,
-} from './types/websocket';
+import {
+  errorOf,
+  type AckRecord,
+  type ChainBroken,
+  type ChainIntact,
+  type Cursor,
+  type Event,
+  type EventPage,
+  type EventType,
+  type ProjectInfo,
+} from '@herald/client';
 
-export type ProjectInfo = Project;
+export type { ProjectInfo };
 
 export interface ApiOptions {
   token: string;

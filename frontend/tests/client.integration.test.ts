@@ -3,9 +3,7 @@
 // resume by cursor, publish over the socket, two projects apart, and a kill -9 of the service.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { HeraldClient, HeraldError } from '../src/services/client';
-import { memoryStorage, type KeyValueStorage } from '../src/services/platform';
-import type { WebSocketMessage } from '../src/types/websocket';
+import { HeraldClient, HeraldError, memoryStorage, type KeyValueStorage, type WebSocketMessage } from '@herald/client';
 import { Service, until } from './service';
 
 let service: Service;

@@ -1,26 +1,26 @@
 // Stand-ins for the browser and the service, for the client's unit tests (fake timers, no sockets).
 import { vi } from 'vitest';
-import { HeraldClient, type ClientOptions } from '../src/services/client';
-import { memoryStorage, type Platform } from '../src/services/platform';
-import type {
-  Transport,
-  TransportFactory,
-  TransportHandlers,
-  TransportOptions,
-  WebSocketLike,
-} from '../src/services/transport';
-import type { ProjectSource } from '../src/store/projectStore';
-import type {
-  AgentRunProgress,
-  ClientMessage,
-  Event,
-  EventPage,
-  ProjectState,
-  Resync,
-  ServerMessage,
-  TransportKind,
-  WebSocketMessage,
-} from '../src/types/websocket';
+import {
+  HeraldClient,
+  memoryStorage,
+  type AgentRunProgress,
+  type ClientMessage,
+  type ClientOptions,
+  type Event,
+  type EventPage,
+  type Platform,
+  type ProjectSource,
+  type ProjectState,
+  type Resync,
+  type ServerMessage,
+  type Transport,
+  type TransportFactory,
+  type TransportHandlers,
+  type TransportKind,
+  type TransportOptions,
+  type WebSocketLike,
+  type WebSocketMessage,
+} from '@herald/client';
 
 /** A WebSocket the test drives by hand: `open()`, `receive(frame)`, `drop(code)`. */
 export class FakeSocket implements WebSocketLike {

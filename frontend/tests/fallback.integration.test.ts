@@ -5,11 +5,18 @@
 import { IDBFactory } from 'fake-indexeddb';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { HeraldClient, type ClientOptions } from '../src/services/client';
-import { indexedDbQueue } from '../src/services/indexedDbQueue';
-import { memoryStorage, type KeyValueStorage } from '../src/services/platform';
-import type { WebSocketLike } from '../src/services/transport';
-import type { Event, EventPage, TransportKind, WebSocketMessage } from '../src/types/websocket';
+import {
+  HeraldClient,
+  indexedDbQueue,
+  memoryStorage,
+  type ClientOptions,
+  type Event,
+  type EventPage,
+  type KeyValueStorage,
+  type TransportKind,
+  type WebSocketLike,
+  type WebSocketMessage,
+} from '@herald/client';
 import { fakePlatform } from './fakes';
 import { gates, Service, until } from './service';
 

@@ -6,9 +6,7 @@
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { HeraldClient } from '../src/services/client';
-import { memoryStorage } from '../src/services/platform';
-import type { Event } from '../src/types/websocket';
+import { HeraldClient, memoryStorage, type Event } from '@herald/client';
 import { Service, until } from './service';
 
 /** A proxy in front of a unix-socket PostgreSQL that, once armed with a pattern, forwards the next

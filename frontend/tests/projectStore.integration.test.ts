@@ -4,10 +4,16 @@
 // the client runs on SSE, then polls, then comes back) ends with every project equal to the
 // server's fold of its log.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { HeraldClient } from '../src/services/client';
-import { memoryStorage } from '../src/services/platform';
-import { createProjectStore, fromSnapshot, type Project } from '../src/store/projectStore';
-import type { EventType, OutgoingMessage, ProjectState } from '../src/types/websocket';
+import {
+  HeraldClient,
+  createProjectStore,
+  fromSnapshot,
+  memoryStorage,
+  type EventType,
+  type OutgoingMessage,
+  type Project,
+  type ProjectState,
+} from '@herald/client';
 import { fakePlatform } from './fakes';
 import { gates, Service, until } from './service';
 

@@ -5,13 +5,18 @@
 // resubscribes after its seq, shows its notice, and then gets every new event exactly once.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { HeraldClient } from '../src/services/client';
-import { memoryStorage } from '../src/services/platform';
-import { pollingTransport } from '../src/services/pollingTransport';
-import { sseTransport } from '../src/services/sseTransport';
-import type { TransportFactory } from '../src/services/transport';
-import { createProjectStore, fromSnapshot, type Project } from '../src/store/projectStore';
-import type { ProjectState, TransportKind } from '../src/types/websocket';
+import {
+  HeraldClient,
+  createProjectStore,
+  fromSnapshot,
+  memoryStorage,
+  pollingTransport,
+  sseTransport,
+  type Project,
+  type ProjectState,
+  type TransportFactory,
+  type TransportKind,
+} from '@herald/client';
 import { fakePlatform } from './fakes';
 import { Service, until } from './service';
 

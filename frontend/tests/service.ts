@@ -6,7 +6,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import WebSocket from 'ws';
-import type { Event } from '../src/types/websocket';
+import type { Event } from '@herald/client';
 
 const repo = resolve(import.meta.dirname, '../..');
 /** The interpreter of the service: ../.venv/bin/python unless HERALD_PYTHON says otherwise. */

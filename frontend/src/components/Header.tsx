@@ -1,8 +1,8 @@
 // The bar at the top of every page: where you are, the connection, unread notifications, who is
 // signed in.
 import { useEffect } from 'react';
-import { totalUnread } from '../store/projectStore';
-import { useProjectStore } from '../store/react';
+import { totalUnread } from '@herald/client';
+import { useProjectStore } from '@herald/client/react';
 import { ConnectionIndicator } from './dashboard/ConnectionIndicator';
 import { Icon } from './Icon';
 import { Link } from './Link';

@@ -2,9 +2,9 @@
 // connects (after an outage new projects may exist), and every 15 s while connected (every 3 s while
 // there is none yet, so the first project shows up soon after it is created).
 import { useContext, useEffect, useState } from 'react';
+import { HeraldContext } from '@herald/client/react';
+import { HeraldError } from '@herald/client';
 import { listProjects, type ProjectInfo } from '../api';
-import { HeraldContext } from '../hooks/useWebSocket';
-import { HeraldError } from '../services/errors';
 
 const REFRESH_MS = 15_000;
 const REFRESH_EMPTY_MS = 3000;

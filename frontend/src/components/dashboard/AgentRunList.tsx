@@ -1,6 +1,6 @@
 // The agent runs of a project: the ones still going first, each with its progress, status and
 // current step; "cancel" on those still going.
-import type { AgentRun } from '../../store/projectStore';
+import type { AgentRun } from '@herald/client';
 import { EmptyState } from '../EmptyState';
 import { RelativeTime } from '../RelativeTime';
 import { ActionButton, cancelKey, cancelMessage } from './actions';

@@ -1,7 +1,7 @@
 // Says so when updates are not live: the client fell back to polling (no WebSocket, no SSE), or it
 // stopped on an error. The connection indicator carries the rest.
 import { useContext } from 'react';
-import { HeraldContext, useConnectionState } from '../../hooks/useWebSocket';
+import { HeraldContext, useConnectionState } from '@herald/client/react';
 import { Icon } from '../Icon';
 
 export function ConnectionBanner() {

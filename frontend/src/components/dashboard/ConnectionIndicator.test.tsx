@@ -3,9 +3,9 @@
 import { act, cleanup, render, screen } from '@testing-library/react';
 import { Profiler } from 'react';
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import type { WebSocketState } from '@herald/client';
+import { HeraldContext } from '@herald/client/react';
 import { event, socketClient } from '../../../tests/fakes';
-import { HeraldContext } from '../../hooks/useWebSocket';
-import type { WebSocketState } from '../../types/websocket';
 import { ConnectionIndicator, describeConnection } from './ConnectionIndicator';
 
 afterEach(() => {

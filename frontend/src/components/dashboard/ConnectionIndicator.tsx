@@ -1,7 +1,7 @@
 // The connection, always in view: derived from the client's state alone (docs/client.md, "States"),
 // without `lastMessage`, so that events stream past without re-rendering it.
-import { useConnectionState } from '../../hooks/useWebSocket';
-import type { ConnectionState, TransportKind } from '../../types/websocket';
+import type { ConnectionState, TransportKind } from '@herald/client';
+import { useConnectionState } from '@herald/client/react';
 import { Icon, type IconName } from '../Icon';
 import { useNow } from '../RelativeTime';
 

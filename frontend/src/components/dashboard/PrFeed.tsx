@@ -1,6 +1,6 @@
 // Recent pull-request notifications, newest first: what happened, to which pull request, by whom,
 // when; the ones that came after the project was last read are marked unread.
-import type { Notification } from '../../store/projectStore';
+import type { Notification } from '@herald/client';
 import { EmptyState } from '../EmptyState';
 import { ExternalLink } from '../ExternalLink';
 import { RelativeTime } from '../RelativeTime';

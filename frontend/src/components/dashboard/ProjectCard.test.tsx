@@ -2,11 +2,9 @@
 // which the user can dismiss.
 import { act, cleanup, fireEvent, render, screen } from '@testing-library/react';
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { ProjectStoreContext } from '@herald/client/react';
+import { createProjectStore, memoryStorage, type Resync } from '@herald/client';
 import { fakeProjectSource, prEvent, projectState } from '../../../tests/fakes';
-import { memoryStorage } from '../../services/platform';
-import { createProjectStore } from '../../store/projectStore';
-import { ProjectStoreContext } from '../../store/react';
-import type { Resync } from '../../types/websocket';
 import { ProjectCard } from './ProjectCard';
 
 afterEach(cleanup);

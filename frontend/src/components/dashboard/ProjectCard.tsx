@@ -3,16 +3,16 @@
 // was reloaded because its history could not be followed. The root carries `data-project-id`; every
 // item carries the `data-seq` of the event it shows.
 import { useState, type ReactNode } from 'react';
-import type { ProjectInfo } from '../../api';
-import { projectPath } from '../../route';
 import {
   pullRequestKey,
   runsByActivity,
   validationsByPullRequest,
   type Notice,
   type Project,
-} from '../../store/projectStore';
-import { useProject, useProjectStore } from '../../store/react';
+} from '@herald/client';
+import { useProject, useProjectStore } from '@herald/client/react';
+import type { ProjectInfo } from '../../api';
+import { projectPath } from '../../route';
 import { Icon } from '../Icon';
 import { Link } from '../Link';
 import { AgentRunList } from './AgentRunList';

@@ -1,6 +1,6 @@
 // Every validation (check, workflow, status) of the project, newest first: passed, failed or still
 // running at a glance (icon, word and color), with "re-run" on the finished ones.
-import type { Validation } from '../../store/projectStore';
+import type { Validation } from '@herald/client';
 import { EmptyState } from '../EmptyState';
 import { ExternalLink } from '../ExternalLink';
 import { RelativeTime } from '../RelativeTime';

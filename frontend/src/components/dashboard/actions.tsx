@@ -3,9 +3,8 @@
 // or sending (connected) until the service answers `published`; then the event arrives through the
 // live stream like any other and the row shows it. A refusal (no publish scope...) is shown in place.
 import { createContext, useCallback, useContext, useMemo, useRef, useState, useSyncExternalStore, type ReactNode } from 'react';
-import { HeraldContext } from '../../hooks/useWebSocket';
-import type { AgentRun, Validation } from '../../store/projectStore';
-import type { OutgoingMessage } from '../../types/websocket';
+import type { AgentRun, OutgoingMessage, Validation } from '@herald/client';
+import { HeraldContext } from '@herald/client/react';
 import { Icon, type IconName } from '../Icon';
 
 interface Pending {

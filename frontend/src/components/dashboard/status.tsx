@@ -1,5 +1,5 @@
 // How each status looks: a word, an icon and a tone (the color), so none relies on color alone.
-import type { AgentRunProgress, ValidationUpdate } from '../../types/websocket';
+import type { AgentRunProgress, ValidationUpdate } from '@herald/client';
 import { Icon, type IconName } from '../Icon';
 
 /** success: done well · failure: needs attention · active: in progress · waiting: not started ·

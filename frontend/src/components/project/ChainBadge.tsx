@@ -2,8 +2,8 @@
 // recomputes the hash chain on request. Checked when the page opens and on Re-verify, not on every
 // event: a verification reads the whole log.
 import { useEffect, useState } from 'react';
+import { HeraldError } from '@herald/client';
 import { verifyChain, type ChainReport } from '../../api';
-import { HeraldError } from '../../services/errors';
 import { Icon } from '../Icon';
 import { RelativeTime } from '../RelativeTime';
 

@@ -2,8 +2,8 @@
 // Bearer token, so a plain download link cannot carry it: the file is fetched with the header and
 // saved from memory through an object URL, with the bytes received shown meanwhile.
 import { useEffect, useRef, useState } from 'react';
+import { HeraldError } from '@herald/client';
 import { exportEvents, type EventFilter, type ExportFormat } from '../../api';
-import { HeraldError } from '../../services/errors';
 
 type Progress =
   | { status: 'idle' }

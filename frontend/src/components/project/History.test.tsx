@@ -3,8 +3,8 @@
 // "seen by" read only when opened.
 import { cleanup, fireEvent, render, screen, within } from '@testing-library/react';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { Event } from '@herald/client';
 import { fakeHttp, json, prEvent, type FakeRequest } from '../../../tests/fakes';
-import type { Event } from '../../types/websocket';
 import { History } from './History';
 
 const EVENTS = '/api/projects/p1/events';

@@ -2,9 +2,9 @@
 // the newest page, events that arrive live (and that the filters take) are added at the top as they
 // come. With the audit scope: the export of what the filters match, and who has seen each event.
 import { useContext, useEffect, useState } from 'react';
+import type { Event, EventPage } from '@herald/client';
+import { HeraldContext } from '@herald/client/react';
 import { NO_FILTER, readPage, type EventFilter } from '../../api';
-import { HeraldContext } from '../../hooks/useWebSocket';
-import type { Event, EventPage } from '../../types/websocket';
 import { EmptyState } from '../EmptyState';
 import { ExternalLink } from '../ExternalLink';
 import { RelativeTime } from '../RelativeTime';

@@ -2,8 +2,8 @@
 // with Apply or Enter, so a half-typed date or sha does not query the service on every keystroke).
 // Times are to the second (step 1): an auditor may need to split events a few seconds apart.
 import { useState, type FormEvent } from 'react';
+import type { EventType } from '@herald/client';
 import { NO_FILTER, type EventFilter } from '../../api';
-import type { EventType } from '../../types/websocket';
 import { TYPE_NAMES } from './describe';
 import { localToIso, narrowed } from './filters';
 

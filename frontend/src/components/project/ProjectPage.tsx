@@ -1,9 +1,8 @@
 // One project: its live state in full, whether its log's hash chain holds, its event history, and
 // (admin) every client's cursor and lag. Looking at the page marks its notifications read.
 import { useContext, useEffect } from 'react';
+import { HeraldContext, useProject, useProjectStore } from '@herald/client/react';
 import type { ProjectInfo } from '../../api';
-import { HeraldContext } from '../../hooks/useWebSocket';
-import { useProject, useProjectStore } from '../../store/react';
 import { EmptyState } from '../EmptyState';
 import { ErrorBoundary } from '../ErrorBoundary';
 import { Icon } from '../Icon';

@@ -1,9 +1,9 @@
 // "Seen by" on a history row (audit scope): who had received the event and when, from the ack
 // ledger (`GET …/acks?seq=N`). Read when opened, and again at each opening: acks keep coming.
 import { useContext, useEffect, useId, useState } from 'react';
+import { HeraldContext } from '@herald/client/react';
+import { HeraldError } from '@herald/client';
 import { readAcks, type AckRecord } from '../../api';
-import { HeraldContext } from '../../hooks/useWebSocket';
-import { HeraldError } from '../../services/errors';
 import { RelativeTime } from '../RelativeTime';
 
 type Ledger =

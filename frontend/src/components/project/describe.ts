@@ -1,5 +1,5 @@
 // One line about an event, for the history: what happened, in words.
-import type { Event, EventType, WebSocketMessage } from '../../types/websocket';
+import type { Event, EventType, WebSocketMessage } from '@herald/client';
 import { prActionLook, runLook, validationLook, type Look } from '../dashboard/status';
 
 export const TYPE_NAMES: Record<EventType, string> = {

@@ -1,9 +1,9 @@
 // The filters' pure parts: a datetime-local value read in the browser's zone as a UTC instant,
 // impossible dates refused; which live events a filtered page takes in; file sizes and names.
 import { describe, expect, it } from 'vitest';
+import type { Event } from '@herald/client';
 import { NO_FILTER } from '../../api';
 import { hashOf } from '../../../tests/fakes';
-import type { Event } from '../../types/websocket';
 import { exportFilename, formatBytes } from './ExportButton';
 import { localToIso, takesLive } from './filters';
 

@@ -1,8 +1,8 @@
 // The history's filters between the form and the service: a datetime-local value (the viewer's wall
 // clock) to the UTC ISO time the service compares with `timestamp`, and which live events a filtered
 // page may take in.
+import type { Event } from '@herald/client';
 import type { EventFilter } from '../../api';
-import type { Event } from '../../types/websocket';
 
 /**
  * The UTC ISO time of a datetime-local value ("2026-03-01T09:30", seconds optional), read in the
