@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -19,7 +18,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from . import archive, audit, auth, db, retention
+from . import archive, audit, auth, db, logs, retention
 from .config import ConfigError, Settings, load_settings
 from .messages import ProjectCreate, json_schema
 
@@ -392,8 +391,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("herald").setLevel(logging.INFO)
+    try:
+        log_format = load_settings().log_format
+    except ConfigError:
+        log_format = "text"  # the command reads the settings again and reports what is wrong
+    logs.setup(log_format)
     try:
         result: int = args.func(args)
     except ConfigError as exc:
