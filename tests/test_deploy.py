@@ -269,6 +269,19 @@ def test_streams_unbuffered_with_timeouts_above_the_heartbeat(locations: Directi
             assert seconds(value) > 2 * heartbeat_s(), f"{timeout} {value} is within the heartbeat"
 
 
+def test_access_log_keeps_tokens_out(site: Directive) -> None:
+    """A browser's WebSocket and EventSource carry the token in `?token=`: nginx's access log, which
+    Herald's redaction cannot reach, writes the path without the query string, and every server uses it."""
+    (log_format,) = [d for d in site.all("log_format") if d.args[0] == "herald"]
+    line = " ".join(log_format.args[1:])
+    for variable in ("$request ", '$request"', "$request_uri", "$args", "$query_string", "$is_args"):
+        assert variable not in line + " ", f"the access log writes {variable.strip()}"
+    assert "$uri" in line and "$request_id" in line
+    text = (NGINX / "herald.conf").read_text()
+    servers = [site.one("server"), parse_nginx(uncommented(text, "server {")).one("server")]
+    assert all(server.value("access_log")[1:] == ["herald"] for server in servers)
+
+
 def test_tls_server_block_is_ready(site: Directive) -> None:
     """The HTTPS server block, once uncommented, is valid nginx: 443 with a certificate and key, and
     the same proxying as HTTP; the HTTP block's redirect is ready too."""
