@@ -30,6 +30,14 @@ async def exercise(proc: ServiceProcess, token: str) -> str:
         assert health.headers["x-request-id"] == "proxy-req-1"
         listed = await client.get("/api/projects", params={"token": token})
         assert listed.status_code in (200, 401)  # either way its access line quotes the URL
+        created = await client.post(
+            "/api/projects", json={"id": "p1", "name": "p1"}, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert created.status_code == 201, created.text
+        async with client.stream("GET", "/api/projects/p1/stream", params={"token": token}) as stream:
+            assert stream.status_code == 200
+            async for _ in stream.aiter_lines():
+                break  # the stream is open: its first line (the retry field) arrived
         async with connect(f"{proc.ws_url}?token={token}&clientId=tab-1") as ws:
             assert ws.response is not None
             assert re.fullmatch(r"[0-9a-f]{32}", ws.response.headers["x-request-id"])
@@ -72,6 +80,10 @@ async def test_json_lines_carry_timestamp_ids_and_no_token(database_url: str, tm
     ended = [r for r in records if r["logger"] == "herald.api.websocket" and "ended after" in r["message"]]
     assert [r["connection_id"] for r in ended] == [connection_id]
     assert ended[0]["request_id"] == accepted[0]["request_id"]  # one request id for the WebSocket's lines
+    (stream,) = [r for r in records if r["logger"] == "herald.api.sse" and "ended after" in r["message"]]
+    assert re.fullmatch(r"[0-9a-f]{32}", stream["connection_id"]) and stream["connection_id"] != connection_id
+    (opened,) = [r for r in records if "/api/projects/p1/stream?token=***" in r["message"]]
+    assert stream["request_id"] == opened["request_id"]
 
 
 async def test_text_lines_are_timestamped(database_url: str, tmp_path: Path) -> None:
