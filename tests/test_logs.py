@@ -26,7 +26,8 @@ async def exercise(proc: ServiceProcess, token: str) -> str:
     `token` in its query string, and a WebSocket authenticated by its URL. Returns the WebSocket's
     connection id."""
     async with httpx.AsyncClient(base_url=proc.base_url, timeout=timeout(10)) as client:
-        health = await client.get("/healthz", headers={"X-Request-ID": "proxy-req-1"})
+        forwarded = {"X-Request-ID": "proxy-req-1", "X-Forwarded-For": "6.6.6.6, 198.51.100.7"}
+        health = await client.get("/healthz", headers=forwarded)
         assert health.headers["x-request-id"] == "proxy-req-1"
         listed = await client.get("/api/projects", params={"token": token})
         assert listed.status_code in (200, 401)  # either way its access line quotes the URL
@@ -71,7 +72,8 @@ async def test_json_lines_carry_timestamp_ids_and_no_token(database_url: str, tm
         assert {"timestamp", "level", "logger", "message", "request_id", "connection_id"} <= record.keys(), record
         assert ISO_UTC.fullmatch(record["timestamp"]), record
     health = [r for r in records if r["logger"] == "uvicorn.access" and "/healthz" in r["message"]]
-    assert any(r["request_id"] == "proxy-req-1" for r in health)
+    (proxied,) = [r for r in health if r["request_id"] == "proxy-req-1"]
+    assert proxied["message"].startswith("198.51.100.7:0 - ")  # the client nginx saw, not nginx
     assert all(r["request_id"] for r in health)  # the others were given ids of their own
     quoted = [r for r in records if "/api/projects?token=" in r["message"]]
     assert quoted and all("token=***" in r["message"] for r in quoted)
