@@ -148,18 +148,20 @@ class Edge:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers: dict[str, str] = {}
-        for key, value in scope["headers"]:
-            name = key.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            # A repeated header is one list (RFC 9110 §5.3); Host and X-Request-ID are never lists.
-            headers[name] = f"{headers[name]},{text}" if name in headers and name != "host" else text
         peer = scope["client"][0] if scope.get("client") else None
-        seen = read(headers, peer, self.trusted_proxies)
-        scope[SCOPE_KEY] = seen
-        if seen.via_proxy and seen.client is not None and seen.client != peer:
-            scope["client"] = (seen.client, 0)
-        offered = headers.get("x-request-id", "") if seen.via_proxy else ""
+        offered = ""
+        if is_trusted(peer, self.trusted_proxies):  # else the request stands as it arrived: forwarded()
+            headers: dict[str, str] = {}
+            for key, value in scope["headers"]:
+                name = key.decode("latin-1").lower()
+                text = value.decode("latin-1")
+                # A repeated header is one list (RFC 9110 §5.3); Host and X-Request-ID are never lists.
+                headers[name] = f"{headers[name]},{text}" if name in headers and name != "host" else text
+            seen = read(headers, peer, self.trusted_proxies)
+            scope[SCOPE_KEY] = seen
+            if seen.client is not None and seen.client != peer:
+                scope["client"] = (seen.client, 0)
+            offered = headers.get("x-request-id", "")
         request_id = offered if _REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
         echoed = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
         answer = "http.response.start" if scope["type"] == "http" else "websocket.accept"
