@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import importlib.util
 import json
-import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -21,7 +20,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from . import __version__, archive, audit, auth, db, retention
+from . import __version__, archive, audit, auth, db, logs, retention
 from .config import ConfigError, Settings, load_settings
 from .messages import ProjectCreate, json_schema
 
@@ -461,8 +460,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("herald").setLevel(logging.INFO)
+    try:
+        log_format = load_settings().log_format
+    except ConfigError:
+        log_format = "text"  # the command reads the settings again and reports what is wrong
+    logs.setup(log_format)
     try:
         result: int = args.func(args)
     except ConfigError as exc:

@@ -16,7 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from . import __version__, db, frames, limits, resources, runtime
+from . import __version__, db, frames, limits, proxies, resources, runtime
 from .api import audit, http, sse, webhooks, websocket
 from .auth import install_log_redaction
 from .config import Settings
@@ -61,6 +61,8 @@ def server_config(
         timeout_graceful_shutdown=5,  # open connections must not hold the process at shutdown
         log_level=log_level,
         access_log=access_log,  # applied while the Config is built: setting it later does nothing
+        log_config=None,  # uvicorn's lines go through the root logger, formatted by logs.py like ours
+        proxy_headers=False,  # forwarded headers are read by proxies.Edge, from HERALD_TRUSTED_PROXIES only
         lifespan="on",
     )
 
@@ -99,6 +101,8 @@ def create_app(settings: Settings, *, frontend_dist: Path | None = FRONTEND_DIST
             expose_headers=["Retry-After"],
             max_age=600,
         )
+    # Forwarded headers of trusted proxies, and a request id for the logs (echoed as X-Request-ID).
+    app.add_middleware(proxies.Edge, trusted_proxies=settings.trusted_proxies)
     # Outermost: a request past the limit costs a counter and a JSON 503, nothing else.
     app.add_middleware(limits.ConcurrencyLimit, limit=settings.limit_concurrency)
     app.include_router(websocket.router)

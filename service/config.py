@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import resource
 import secrets
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -101,6 +102,13 @@ class Settings(BaseSettings):
     limit_concurrency: int = Field(
         default_factory=default_concurrency, ge=1, validation_alias="HERALD_LIMIT_CONCURRENCY"
     )
+    # Reverse proxies (IPs or CIDRs) whose X-Forwarded-* / Forwarded / X-Request-ID headers are believed
+    # (docs/deploy.md). None by default: a peer's own headers say nothing about who it is.
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list, validation_alias="HERALD_TRUSTED_PROXIES"
+    )
+    # `text` (a timestamped line) or `json` (one object a line), on stderr.
+    log_format: Literal["text", "json"] = Field(default="text", validation_alias="HERALD_LOG_FORMAT")
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -108,6 +116,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
         return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [n.strip() for n in value.split(",") if n.strip()]
+        if isinstance(value, list):
+            # A bare address is a network of one; host bits set in a CIDR (10.0.0.1/8) are refused.
+            return [ip_network(n, strict=True) if isinstance(n, str) else n for n in value]
+        return value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("previous_secrets", mode="before")
     @classmethod

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
-from .. import eventlog
+from .. import eventlog, logs
 from ..auth import InvalidToken, Principal, Verifier
 from ..codes import ErrorCode
 from ..config import Settings
@@ -51,6 +53,7 @@ from .errors import ERRORS, ApiError, rate_limited
 from .websocket import valid_client_id
 
 router = APIRouter(tags=["streams"])
+logger = logging.getLogger("herald.api.sse")
 
 RETRY_MS = 2000
 MAX_PROJECTS = 100
@@ -187,6 +190,8 @@ async def open_stream(
         Outbox(settings.ws_outbox_bytes),
         stall_s=settings.ws_stall_s,
     )
+    logs.connection_id.set(client.connection_id)  # every line logged for this stream names it
+    opened = time.monotonic()
     hub = parts.hub
     # Counted against the user's cap now, in the same step as the check (streams opened together must
     # not all pass it); let go of if no stream comes of it.
@@ -219,6 +224,9 @@ async def open_stream(
                 client.writer.cancel()
                 with contextlib.suppress(BaseException):
                     await client.writer
+            logger.info(
+                "stream of %s (client %s) ended after %.1f s", client.user, client.client_id, time.monotonic() - opened
+            )
 
     return EventSourceResponse(
         events(),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Coroutine
 from functools import partial
@@ -23,7 +24,7 @@ import orjson
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from .. import eventlog
+from .. import eventlog, logs, proxies
 from ..auth import InvalidToken, Principal, Verifier
 from ..codes import CloseCode
 from ..connection import Client, Outbox
@@ -58,14 +59,27 @@ AUTH_TIMEOUT_S = 5.0
 MAX_CLIENT_ID = 128
 
 
-def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
-    """Non-browser clients send no Origin; browsers may come from the service's own origin (an Origin
-    whose host:port is the request's Host) or from HERALD_ALLOWED_ORIGINS."""
+def origin_allowed(origin: str | None, host: str | None, allowed: list[str], scheme: str | None = None) -> bool:
+    """Non-browser clients send no Origin; browsers may come from the service's own origin or from
+    HERALD_ALLOWED_ORIGINS. The service's own origin is the Host the client asked for (`host`: the
+    request's `Host`, or a trusted proxy's forwarded host, proxies.py) and, when a trusted proxy said
+    which, the scheme the client used (`scheme`, `http` or `https`); a port that is the scheme's default
+    may be written or left out."""
     if origin is None:
         return True
     if origin.rstrip("/") in allowed:
         return True
-    return host is not None and urlsplit(origin).netloc.lower() == host.lower()
+    if host is None:
+        return False
+    parts = urlsplit(origin)
+    origin_scheme = parts.scheme.lower()
+    if scheme is not None and origin_scheme != scheme:
+        return False
+    default_port = {"http": ":80", "https": ":443"}.get(origin_scheme, "")
+    ours, theirs = host.lower(), parts.netloc.lower()
+    if default_port:
+        ours, theirs = ours.removesuffix(default_port), theirs.removesuffix(default_port)
+    return theirs == ours
 
 
 def valid_client_id(value: str) -> bool:
@@ -244,7 +258,8 @@ async def websocket_endpoint(
     acks: AcksDep,
     database: DatabaseDep,
 ) -> None:
-    if not origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"), settings.allowed_origins):
+    seen = proxies.forwarded(websocket.scope)
+    if not origin_allowed(websocket.headers.get("origin"), seen.host, settings.allowed_origins, seen.scheme):
         await websocket.close(CloseCode.ORIGIN)  # before accept: the handshake is refused with 403
         return
     client_id = websocket.query_params.get("clientId") or uuid.uuid4().hex
@@ -269,6 +284,8 @@ async def websocket_endpoint(
         stall_s=settings.ws_stall_s,
         before_close=lambda: acks.flush_client(principal.user, client_id),
     )
+    logs.connection_id.set(client.connection_id)  # every line logged for this connection names it
+    opened = time.monotonic()
     session = Session(principal, verify=verify, rate=RateLimit(settings.ws_rate, settings.ws_burst))
     driver = Driver(session, client, hub=hub, appender=appender, acks=acks, database=database)
     hub.add_client(client)
@@ -294,4 +311,7 @@ async def websocket_endpoint(
             logger.error("connection %s failed handling a message", client.connection_id, exc_info=failure)
         with contextlib.suppress(Exception):
             await acks.flush_client(client.user, client.client_id)
+        logger.info(
+            "websocket of %s (client %s) ended after %.1f s", client.user, client.client_id, time.monotonic() - opened
+        )
         transport.release_close()  # a close the client started is answered now that its acks are persisted
