@@ -18,7 +18,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # then Herald itself without resolving anything again (--no-deps): the image holds exactly the lock.
 COPY requirements.lock ./
 RUN pip install --no-cache-dir -r requirements.lock
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md LICENSE CHANGELOG.md alembic.ini hatch_build.py ./
 COPY service/ service/
 COPY migrations/ migrations/
 COPY --from=frontend /app/frontend/dist frontend/dist

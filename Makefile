@@ -13,6 +13,8 @@ FRONTEND_SOURCES := $(shell find frontend/src frontend/lib/src frontend/lib/pack
 
 # bench/audit.py chain: the last commit before the audit chain, the first with it, and this tree.
 AUDIT_SIDES ?= without=2ccc651,chain=8ef3d25,now=.
+# bench/retention.py: the last commit with a flat events table, and this tree (partitioned).
+RETENTION_SIDES ?= flat=e7bf7a8,partitioned=.
 
 .PHONY: run test test-python test-frontend check setup clean help bench lock
 
@@ -66,7 +68,7 @@ frontend/dist/index.html: frontend/node_modules/.installed $(FRONTEND_SOURCES)
 
 # The built dashboard first: tests/test_packaging.py builds the wheel, which carries it.
 test-python: $(VENV)/.installed frontend/dist/index.html tests/fixtures/node_modules/.installed bench/client/node_modules/.installed
-	$(PY) -m ruff check service tests migrations bench
+	$(PY) -m ruff check service tests migrations bench clients
 	$(PY) -m mypy
 	$(PY) -m pytest
 
@@ -98,6 +100,7 @@ bench: setup bench/client/node_modules/.installed
 	$(PY) bench/audit.py chain --sides $(AUDIT_SIDES)
 	$(PY) bench/audit.py read
 	$(PY) bench/audit_queries.py
+	$(PY) bench/retention.py --sides $(RETENTION_SIDES)
 	$(PY) bench/report.py
 
 clean:

@@ -26,7 +26,7 @@ from typing import Any
 
 import asyncpg
 from audit import checkout
-from harness import SECRET, common_arguments, database, write_results
+from harness import ROOT, SECRET, common_arguments, database, write_results
 
 # Run inside a side's tree (its own `service` package) with: URL EVENTS KEEP ARCHIVE_DIR|-
 SIDE = r"""
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> None:
         for round_ in range(args.rounds):
             for part in args.sides.split(","):
                 name, ref = part.split("=", 1)
-                root = Path.cwd() if ref == "." else checkout(ref, Path(tempfile.mkdtemp(prefix=f"herald-{name}-")))
+                root = ROOT if ref == "." else checkout(ref, Path(tempfile.mkdtemp(prefix=f"herald-{name}-")))
                 url = asyncio.run(fresh_database(db_.admin_url, f"bench_retention_{name}"))
                 archive = Path(tempfile.mkdtemp(prefix="herald-archive-")) if args.archive else None
                 result = run_side(root, url, args, archive)

@@ -195,3 +195,14 @@ def test_sizing_measures_bytes_per_event(pg_url: str) -> None:
     assert sizes["events_total_bytes"] == sizes["events_heap_bytes"] + sizes["events_index_bytes"] + sizes[
         "events_toast_bytes"]  # fmt: skip
     assert sizes["bytes_per_event"] > sizes["avg_data_json_bytes"] > 0 and sizes["archive_bytes_per_event"] > 0
+
+
+def test_retention_prunes_a_log_on_each_side(pg_url: str, tmp_path: Path) -> None:
+    """bench/retention.py: each side (this tree, twice) loads a log, prunes it to the kept events and
+    reports the time and the space before and after."""
+    doc = bench(
+        "retention.py", "--sides", "a=.,b=.", "--events", "3000", "--keep", "100", pg_url=pg_url, results=tmp_path
+    )
+    for run in doc["runs"]:
+        assert run["pruned"]["first"] == 1 and run["pruned"]["last"] == 2900 and run["pruneS"] > 0
+        assert run["bytesBefore"] > 0 and run["partitioned"]

@@ -122,8 +122,9 @@ def test_one_version_everywhere() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert "version" in pyproject["project"]["dynamic"] and "version" not in pyproject["project"]
     assert pyproject["tool"]["hatch"]["version"]["path"] == "service/__init__.py"
-    package = json.loads((ROOT / "frontend" / "package.json").read_text(encoding="utf-8"))
-    assert package["version"] == __version__
+    for npm in ("frontend/package.json", "frontend/lib/package.json"):  # the dashboard, and @herald/client
+        package = json.loads((ROOT / npm).read_text(encoding="utf-8"))
+        assert package["version"] == __version__, npm
     assert f"## [{__version__}]" in (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
 
 
