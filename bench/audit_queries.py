@@ -33,12 +33,11 @@ from typing import Any
 import asyncpg
 from harness import common_arguments, database, write_results
 
-from service import cursors, db, eventlog, state
+from service import cursors, db, eventlog, partitions, state
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 _SEED = """
-INSERT INTO projects (id, name) VALUES ('big', 'big'), ('other', 'other');
 INSERT INTO events (project_id, seq, message_id, type, data, created_at, hash)
 SELECT project_id, row_number() OVER (PARTITION BY project_id ORDER BY g), 'bulk-' || g, type, data, created_at,
     sha256(g::text::bytea)
@@ -213,7 +212,11 @@ async def bench(url: str, events: int, appends_per_round: int, rounds: int) -> d
     try:
         total = events * 5 // 4
         started = time.perf_counter()
+        await conn.execute("INSERT INTO projects (id, name) VALUES ('big', 'big'), ('other', 'other')")
+        for pid in ("big", "other"):  # the log's partitions for every seq the seed writes (partitions.py)
+            await partitions.extend(conn, pid, upto=total)
         await conn.execute(_SEED.format(total=total))
+        await conn.execute("INSERT INTO event_ids SELECT project_id, message_id, seq FROM events")
         await conn.execute("VACUUM ANALYZE events")
         print(f"{total:,} events written ({events:,} in project big): {time.perf_counter() - started:.1f} s")
         sizes = {

@@ -148,6 +148,13 @@ async def seed_log(
     conn = await asyncpg.connect(db.asyncpg_dsn(url))
     try:
         await conn.execute("INSERT INTO projects (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", project_id)
+        # A partitioned log (migration 0010; not in an older checkout's) needs its partitions first, and
+        # the messageIds recorded beside the events.
+        partitioned = await conn.fetchval("SELECT to_regclass('log_partitions') IS NOT NULL")
+        if partitioned:
+            from service import partitions
+
+            await partitions.extend(conn, project_id, upto=events)
         previous, page = audit.GENESIS, 50_000
         for first in range(1, events + 1, page):
             records = []
@@ -169,6 +176,10 @@ async def seed_log(
                 records=records,
                 columns=["project_id", "seq", "message_id", "type", "data", "created_at", "hash"],
             )
+            if partitioned:
+                await conn.copy_records_to_table(
+                    "event_ids", records=[r[:3] for r in records], columns=["project_id", "seq", "message_id"]
+                )
         await conn.execute("UPDATE projects SET head = $2, last_hash = $3 WHERE id = $1", project_id, events, previous)
         await conn.execute("VACUUM ANALYZE events")
     finally:
