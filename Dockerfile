@@ -20,6 +20,7 @@ COPY requirements.lock ./
 RUN pip install --no-cache-dir -r requirements.lock
 COPY pyproject.toml README.md LICENSE CHANGELOG.md alembic.ini hatch_build.py ./
 COPY service/ service/
+COPY clients/python/herald_client/ clients/python/herald_client/
 COPY migrations/ migrations/
 COPY --from=frontend /app/frontend/dist frontend/dist
 RUN pip install --no-cache-dir --no-deps .

@@ -116,8 +116,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def play_demo(base_url: str, token: str, *, pace: float) -> None:
+    from herald_client import Publisher
+
     from .demo import play
-    from .publisher import Publisher
 
     async with Publisher(base_url, token, source="demo") as publisher:
         await play(publisher, pace=pace)

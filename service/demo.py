@@ -13,8 +13,8 @@ dashboard's buttons publish:
 - "Re-run" on a check publishes the check again as `queued`. The demo runs that check anew: in
   progress, then completed with a fresh conclusion.
 
-`herald_client` is a distribution of its own (clients/python), which `make` installs beside the
-service; where it is missing the demo plays without listening, and says so once in the log.
+`herald_client` is a distribution of its own (clients/python), and the server's wheel carries it too:
+the demo's Publisher is the one producers use.
 """
 
 from __future__ import annotations
@@ -25,12 +25,9 @@ import random
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .publisher import Publisher, PublishError
-
-if TYPE_CHECKING:
-    from herald_client import Event, Subscriber
+from herald_client import Event, Publisher, PublishError, Subscriber
 
 logger = logging.getLogger("herald.demo")
 
@@ -255,13 +252,6 @@ class Demo:
     async def obey(self) -> None:
         """Consume both projects' events and act on the dashboard's cancels and re-runs, until cancelled.
         A failure here stops the listening only; the stories play on."""
-        try:
-            from herald_client import Event, Subscriber
-        except ImportError:
-            logger.warning(
-                "the demo does not act on Cancel and Re-run: herald_client is not installed (clients/python)"
-            )
-            return
         base_url, token = _endpoint(self.publisher)
         projects = [p.id for p in PROJECTS]
         try:
@@ -306,8 +296,7 @@ class Demo:
 
 def _endpoint(publisher: Publisher) -> tuple[str, str]:
     """The service and token the publisher talks to, for the demo's subscriber."""
-    http = publisher._http  # the publisher keeps them only in its HTTP client
-    return str(http.base_url).rstrip("/"), http.headers["Authorization"].removeprefix("Bearer ")
+    return publisher.base_url, publisher.token
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import httpx
+from herald_client import Publisher
 
 from service.demo import PROJECTS, Demo, play
-from service.publisher import Publisher
 from tests.conftest import RunningServer, timeout
 from tests.helpers import open_client, wait_until
 

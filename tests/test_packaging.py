@@ -139,6 +139,9 @@ def test_the_wheel_carries_what_the_server_needs(installed: Installed) -> None:
     assert (resources / "migrations" / "env.py").is_file() and (resources / "alembic.ini").is_file()
     assert (resources / "dashboard" / "index.html").read_bytes() == DASHBOARD.read_bytes()
     assert installed.python("import importlib.metadata as m; print(m.version('herald'))") == __version__
+    # The Python client, whose Publisher the demo and `herald publish` use, comes with the server.
+    client = Path(installed.python("import herald_client, os; print(os.path.dirname(herald_client.__file__))"))
+    assert client.is_relative_to(installed.venv) and (client / "subscriber.py").is_file()
 
 
 def test_serve_without_the_embedded_extra_says_what_to_install(installed: Installed) -> None:

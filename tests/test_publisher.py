@@ -1,4 +1,5 @@
-"""The publisher client (service/publisher.py) on real servers: retries that never duplicate, and when not to retry.
+"""The Python client's publisher (herald_client.Publisher) on real servers: retries that never duplicate,
+and when not to retry.
 
 Errors that are the caller's are not retried; a deadline ends the retries; the blocking wrapper does the same.
 """
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from herald_client import Publisher, PublishError, SyncPublisher
 
 from service import auth
-from service.publisher import Publisher, PublishError, SyncPublisher
 from tests.conftest import SECRET, RunningServer, ServiceProcess, free_port, timeout
 from tests.helpers import create
 

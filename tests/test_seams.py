@@ -13,9 +13,9 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from herald_client import Publisher
 
 from service import db
-from service.publisher import Publisher
 from tests.conftest import RunningServer, make_settings, start_server, stop_server, timeout
 from tests.helpers import RUN, create, open_client, publish, wait_until
 from tests.proxy import ReplyDroppingProxy
