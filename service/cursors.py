@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from . import db
 from .db import BUSY_ERRORS, UNAVAILABLE_ERRORS
 from .eventlog import HistoryTruncated, ProjectNotFound, truncated
 from .eventlog import head as project_head
@@ -201,9 +202,6 @@ async def reached(conn: asyncpg.Connection, project_id: str, seq: int) -> list[R
     return [Reached(**dict(r)) for r in await conn.fetch(_REACHED, project_id, seq)]
 
 
-PRUNE_BATCH = 10_000  # cursors deleted per statement, so a large prune never holds many row locks at once
-
-
 async def prune_stale(conn: asyncpg.Connection, *, older_than: timedelta) -> int:
     """Delete the cursors of clients not seen for longer than `older_than` (HERALD_CURSOR_TTL_DAYS): those
     whose last ack, moving the cursor or not, is older (`updated_at`). Returns how many were deleted.
@@ -211,20 +209,15 @@ async def prune_stale(conn: asyncpg.Connection, *, older_than: timedelta) -> int
     A client is seen when it acks, so a cursor pruned here is one nobody has acked for that long. When its
     client comes back it has no cursor, and resumes as a client never seen does (`resume_point`): after
     the `after` it sends, else from the head. The ack ledger is untouched: it still answers who reached
-    which seq, and when, for every client ever seen. Deletes in batches of PRUNE_BATCH, each its own
-    statement; an ack landing meanwhile keeps its cursor (the age is checked again on the locked row)."""
-    deleted = 0
-    while True:
-        status: str = await conn.execute(
-            "DELETE FROM cursors WHERE ctid = ANY(ARRAY(SELECT ctid FROM cursors "
-            "WHERE updated_at < now() - $1::interval LIMIT $2)) AND updated_at < now() - $1::interval",
-            older_than,
-            PRUNE_BATCH,
-        )
-        count = int(status.split()[-1])
-        deleted += count
-        if count < PRUNE_BATCH:
-            return deleted
+    which seq, and when, for every client ever seen. Deletes in batches, each its own statement
+    (db.delete_in_batches); an ack landing meanwhile keeps its cursor (the age is checked again on the
+    locked row)."""
+    return await db.delete_in_batches(
+        conn,
+        "DELETE FROM cursors WHERE ctid = ANY(ARRAY(SELECT ctid FROM cursors "
+        "WHERE updated_at < now() - $1::interval LIMIT $2)) AND updated_at < now() - $1::interval",
+        older_than,
+    )
 
 
 class AckBuffer:

@@ -117,6 +117,21 @@ async def create_pool(url: str, *, size: int, timeout: float) -> asyncpg.Pool:
     return pool
 
 
+BATCH = 10_000  # rows per statement of `delete_in_batches`
+
+
+async def delete_in_batches(conn: asyncpg.Connection, sql: str, *args: object) -> int:
+    """Run `sql`, a DELETE whose last parameter is a number of rows, until it deletes fewer than that:
+    housekeeping that never holds many row locks, nor one long transaction. Returns the rows deleted."""
+    deleted = 0
+    while True:
+        status: str = await conn.execute(sql, *args, BATCH)
+        count = int(status.split()[-1])
+        deleted += count
+        if count < BATCH:
+            return deleted
+
+
 # --- migrations ----------------------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from typing import Any, get_args
 
 import asyncpg
 
-from . import eventlog
+from . import db, eventlog
 from .messages import REPO_PATTERN, Conclusion, InvalidData, ValidationStatus
 
 logger = logging.getLogger("herald.webhooks")
@@ -371,9 +371,6 @@ async def append_once(
     return Appended(project_id, stored.seq, delivery.message_id, duplicate=not created)
 
 
-PRUNE_BATCH = 10_000  # delivery records deleted per statement
-
-
 async def prune_deliveries(conn: asyncpg.Connection, *, older_than: timedelta) -> int:
     """Delete the records of deliveries received longer ago than `older_than` (HERALD_WEBHOOK_DEDUPE_DAYS)
     whose event a prune has removed from the log; returns how many were deleted.
@@ -382,17 +379,11 @@ async def prune_deliveries(conn: asyncpg.Connection, *, older_than: timedelta) -
     so it lives as long as its event (its messageId, `gh:<delivery id>`, in event_ids) and at least
     `older_than`: GitHub redelivers (on a timeout, or by hand) only deliveries of the past 3 days, so
     within the window a redelivery finds its record even for a project that keeps few events. Deletes in
-    batches of PRUNE_BATCH, each its own statement."""
-    deleted = 0
-    while True:
-        status: str = await conn.execute(
-            "DELETE FROM webhook_deliveries WHERE ctid = ANY(ARRAY(SELECT d.ctid FROM webhook_deliveries d "
-            "WHERE d.received_at < now() - $1::interval AND NOT EXISTS (SELECT 1 FROM event_ids i "
-            "WHERE i.project_id = d.project_id AND i.message_id = 'gh:' || d.delivery_id) LIMIT $2))",
-            older_than,
-            PRUNE_BATCH,
-        )
-        count = int(status.split()[-1])
-        deleted += count
-        if count < PRUNE_BATCH:
-            return deleted
+    batches, each its own statement (db.delete_in_batches)."""
+    return await db.delete_in_batches(
+        conn,
+        "DELETE FROM webhook_deliveries WHERE ctid = ANY(ARRAY(SELECT d.ctid FROM webhook_deliveries d "
+        "WHERE d.received_at < now() - $1::interval AND NOT EXISTS (SELECT 1 FROM event_ids i "
+        "WHERE i.project_id = d.project_id AND i.message_id = 'gh:' || d.delivery_id) LIMIT $2))",
+        older_than,
+    )
