@@ -160,17 +160,7 @@ async def verify(
                         False, first_bad=expected, reason=f"seq {expected} is missing from {file.path.name}"
                     )
                 try:
-                    computed = audit.link(
-                        previous,
-                        audit.canonical(
-                            project_id=event["projectId"],
-                            seq=seq,
-                            message_id=event["messageId"],
-                            type=event["type"],
-                            timestamp=event["timestamp"],
-                            data=event["data"],
-                        ),
-                    )
+                    computed = _chained(previous, event, seq)
                     stated = bytes.fromhex(event["hash"])
                 except (KeyError, TypeError, ValueError) as exc:
                     return audit.Verdict(
@@ -267,22 +257,27 @@ def _seq(line: bytes, name: str) -> tuple[dict[str, Any], int]:
     return event, seq
 
 
+def _chained(previous: bytes, event: Mapping[str, Any], seq: int) -> bytes:
+    """The chain's hash after an archived event (as history served it) that follows `previous`."""
+    return audit.link(
+        previous,
+        audit.canonical(
+            project_id=event["projectId"],
+            seq=seq,
+            message_id=event["messageId"],
+            type=event["type"],
+            timestamp=event["timestamp"],
+            data=event["data"],
+        ),
+    )
+
+
 def _checked(event: dict[str, Any], seq: int, *, project_id: str, previous: bytes, name: str) -> bytes:
     """The hash of one archived event, after checking that it continues the chain from `previous` and that
     its time reads back as written; RestoreRefused naming its seq otherwise."""
     try:
         timestamp = event["timestamp"]
-        computed = audit.link(
-            previous,
-            audit.canonical(
-                project_id=event["projectId"],
-                seq=seq,
-                message_id=event["messageId"],
-                type=event["type"],
-                timestamp=timestamp,
-                data=event["data"],
-            ),
-        )
+        computed = _chained(previous, event, seq)
         stated = bytes.fromhex(event["hash"])
         moment = datetime.fromisoformat(timestamp)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
