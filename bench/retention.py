@@ -28,6 +28,8 @@ import asyncpg
 from audit import checkout
 from harness import ROOT, SECRET, common_arguments, database, write_results
 
+from service import db
+
 # Run inside a side's tree (its own `service` package) with: URL EVENTS KEEP ARCHIVE_DIR|-
 SIDE = r"""
 import asyncio, json, sys, time
@@ -102,14 +104,13 @@ asyncio.run(main())
 
 
 async def fresh_database(admin_url: str, name: str) -> str:
-    conn = await asyncpg.connect(admin_url)
+    conn = await asyncpg.connect(db.asyncpg_dsn(admin_url))
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    base, _, _ = admin_url.rpartition("/")
-    return f"{base}/{name}"
+    return db.with_database(admin_url, name)
 
 
 def run_side(root: Path, url: str, args: argparse.Namespace, archive: Path | None) -> dict[str, Any]:

@@ -304,6 +304,8 @@ async def test_pruning_while_100_clients_stream_and_producers_publish_loses_noth
                 await pruning
             for got in received[producers:]:
                 assert got == list(range(1, total + 1))
+            # Closed together, before the server stops (its graceful shutdown waits for their close).
+            await asyncio.gather(*(ws.ws.close() for ws in clients), return_exceptions=True)
             # Partitions were dropped while the clients streamed (a swap that found the log too busy leaves
             # them to the next prune, which then drops them all but the one holding seqs 1401..1500).
             assert sum(prunes) >= 1
@@ -314,7 +316,5 @@ async def test_pruning_while_100_clients_stream_and_producers_publish_loses_noth
                 assert [r["kept"] for r in below] == [True]
             finally:
                 await conn.close()
-            for ws in clients:
-                await ws.ws.close()
     finally:
         await stop_server(running, task)
