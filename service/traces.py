@@ -1,0 +1,167 @@
+"""OpenTelemetry traces of publish → notify → deliver, when an OTLP endpoint is configured.
+
+With `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set, `setup` installs the
+OpenTelemetry SDK as the process's tracer provider: resource `service.name` "herald" and
+`service.version` this release (`OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` override them), a
+BatchSpanProcessor, and the OTLP exporter over HTTP/protobuf, which reads its endpoint, headers,
+timeout and compression from the standard `OTEL_EXPORTER_OTLP_*` variables itself. Unset, nothing is
+imported or installed, and every helper here returns at its first line: the hot path pays one global
+lookup. The SDK is the `otel` extra (`pip install 'herald[otel]'`); config.py refuses to start with
+an endpoint set and no SDK installed.
+
+Three span names, one per hop, each a root span of its own trace (docs/deploy.md, "Traces"):
+
+* `publish`: an append, from its submission to the group commit until its outcome (eventlog.Appender,
+  so HTTP and WebSocket publishes alike), or one per event of a batch publish; `herald.project`,
+  `herald.seq`, `herald.message_id`, `herald.created` (False for a repeated messageId).
+* `notify`: this process's listener hearing the log's NOTIFY and waking the project's feed;
+  `herald.project`, `herald.head` (the seq the NOTIFY names: the project's head after the commit),
+  `herald.subscribed` (whether the project has subscribers on this process).
+* `deliver`: a feed handing an event to its live subscribers' connections, one span per event (never
+  per client); `herald.project`, `herald.seq`, `herald.clients` (how many connections it was handed
+  to). A run of events fanned out together shares the run's start and end.
+
+The NOTIFY crosses processes through PostgreSQL and carries only `project:seq`, so the hops are tied
+by their attributes rather than by a parent span: the `publish` of (project, seq) is followed by a
+`notify` whose `herald.head` >= seq on every instance, and by a `deliver` of (project, seq) on every
+instance with subscribers. No span is ever made current, so nothing else nests under them by accident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from functools import partial
+from typing import TYPE_CHECKING
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.util.types import AttributeValue
+
+    from .config import Settings
+    from .eventlog import Append, Outcome, StoredEvent
+
+SERVICE_NAME = "herald"
+
+_tracer: Tracer | None = None
+_provider: TracerProvider | None = None
+
+
+def setup(settings: Settings) -> bool:
+    """Install the SDK and the OTLP exporter when `settings` name an OTLP endpoint; returns whether
+    traces are on. Once per process: later calls change nothing."""
+    global _tracer, _provider
+    if _provider is not None or not settings.traces:
+        return _tracer is not None
+    from opentelemetry import trace
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    ours = Resource({"service.name": SERVICE_NAME, "service.version": __version__})
+    provider = TracerProvider(resource=ours.merge(OTELResourceDetector().detect()))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    _tracer = provider.get_tracer("herald", __version__)
+    return True
+
+
+def shutdown() -> None:
+    """Export what is still buffered and stop (blocking, bounded by the exporter's timeout). Spans
+    made after this are dropped."""
+    global _tracer
+    _tracer = None
+    if _provider is not None:
+        _provider.shutdown()
+
+
+def enabled() -> bool:
+    return _tracer is not None
+
+
+def now() -> int:
+    """A start time for `deliver` and `publish_batch` (0 when traces are off: it is never used)."""
+    return time.time_ns() if _tracer is not None else 0
+
+
+def publish(append: Append, outcome: asyncio.Future[tuple[StoredEvent, bool]]) -> None:
+    """A `publish` span from now until `outcome` (the append's, from the group commit) resolves."""
+    if _tracer is None:
+        return
+    from opentelemetry.trace import SpanKind
+
+    attributes = {"herald.project": append.project_id, "herald.message_id": append.message_id}
+    span = _tracer.start_span("publish", kind=SpanKind.PRODUCER, attributes=attributes)
+    outcome.add_done_callback(partial(_published, span))
+
+
+def _published(span: Span, outcome: asyncio.Future[tuple[StoredEvent, bool]]) -> None:
+    from opentelemetry.trace import StatusCode
+
+    if outcome.cancelled():
+        span.set_status(StatusCode.ERROR, "cancelled")
+    elif (exc := outcome.exception()) is not None:
+        span.record_exception(exc)
+        span.set_status(StatusCode.ERROR, type(exc).__name__)
+    else:
+        event, created = outcome.result()
+        span.set_attributes({"herald.seq": event.seq, "herald.created": created})
+    span.end()
+
+
+def publish_batch(project_id: str, outcomes: Sequence[Outcome], started: int) -> None:
+    """One `publish` span per event of a batch written together since `started` (`now()`)."""
+    if _tracer is None:
+        return
+    _spans(
+        "publish",
+        started,
+        [
+            {
+                "herald.project": project_id,
+                "herald.seq": event.seq,
+                "herald.message_id": event.message_id,
+                "herald.created": created,
+            }
+            for event, created in (o for o in outcomes if not isinstance(o, Exception))
+        ],
+    )
+
+
+def notify(project_id: str, head: int | None, subscribed: bool, started: int) -> None:
+    """A `notify` span: the NOTIFY naming (project, head) was heard and woke the feed, since `started`."""
+    if _tracer is None:
+        return
+    attributes: dict[str, AttributeValue] = {"herald.project": project_id, "herald.subscribed": subscribed}
+    _spans("notify", started, [attributes if head is None else {**attributes, "herald.head": head}], consumer=True)
+
+
+def deliver(project_id: str, events: Sequence[StoredEvent], reached: Sequence[int], started: int) -> None:
+    """One `deliver` span per event of a run fanned out since `started` (`now()`), `reached[i]` being
+    how many connections event i was handed to."""
+    if _tracer is None:
+        return
+    _spans(
+        "deliver",
+        started,
+        [
+            {"herald.project": project_id, "herald.seq": event.seq, "herald.clients": clients}
+            for event, clients in zip(events, reached, strict=True)
+        ],
+    )
+
+
+def _spans(name: str, started: int, rows: list[dict[str, AttributeValue]], *, consumer: bool = False) -> None:
+    from opentelemetry.trace import SpanKind
+
+    assert _tracer is not None
+    ended = time.time_ns()
+    kind = SpanKind.CONSUMER if consumer else SpanKind.PRODUCER
+    for attributes in rows:
+        _tracer.start_span(name, kind=kind, attributes=attributes, start_time=started).end(end_time=ended)
