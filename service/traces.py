@@ -33,7 +33,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from . import __version__
 
@@ -43,7 +43,19 @@ if TYPE_CHECKING:
     from opentelemetry.util.types import AttributeValue
 
     from .config import Settings
-    from .eventlog import Append, Outcome, StoredEvent
+
+
+class Event(Protocol):
+    """What a span says of an event of the log (eventlog.StoredEvent, which imports this module)."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def message_id(self) -> str: ...
+
+
+E = TypeVar("E", bound=Event)
 
 SERVICE_NAME = "herald"
 
@@ -90,18 +102,18 @@ def now() -> int:
     return time.time_ns() if _tracer is not None else 0
 
 
-def publish(append: Append, outcome: asyncio.Future[tuple[StoredEvent, bool]]) -> None:
+def publish(project_id: str, message_id: str, outcome: asyncio.Future[tuple[E, bool]]) -> None:
     """A `publish` span from now until `outcome` (the append's, from the group commit) resolves."""
     if _tracer is None:
         return
     from opentelemetry.trace import SpanKind
 
-    attributes = {"herald.project": append.project_id, "herald.message_id": append.message_id}
+    attributes = {"herald.project": project_id, "herald.message_id": message_id}
     span = _tracer.start_span("publish", kind=SpanKind.PRODUCER, attributes=attributes)
     outcome.add_done_callback(partial(_published, span))
 
 
-def _published(span: Span, outcome: asyncio.Future[tuple[StoredEvent, bool]]) -> None:
+def _published(span: Span, outcome: asyncio.Future[tuple[E, bool]]) -> None:
     from opentelemetry.trace import StatusCode
 
     if outcome.cancelled():
@@ -115,7 +127,7 @@ def _published(span: Span, outcome: asyncio.Future[tuple[StoredEvent, bool]]) ->
     span.end()
 
 
-def publish_batch(project_id: str, outcomes: Sequence[Outcome], started: int) -> None:
+def publish_batch(project_id: str, outcomes: Sequence[tuple[Event, bool] | Exception], started: int) -> None:
     """One `publish` span per event of a batch written together since `started` (`now()`)."""
     if _tracer is None:
         return
@@ -142,7 +154,7 @@ def notify(project_id: str, head: int | None, subscribed: bool, started: int) ->
     _spans("notify", started, [attributes if head is None else {**attributes, "herald.head": head}], consumer=True)
 
 
-def deliver(project_id: str, events: Sequence[StoredEvent], reached: Sequence[int], started: int) -> None:
+def deliver(project_id: str, events: Sequence[Event], reached: Sequence[int], started: int) -> None:
     """One `deliver` span per event of a run fanned out since `started` (`now()`), `reached[i]` being
     how many connections event i was handed to."""
     if _tracer is None:
