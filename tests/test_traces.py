@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from websockets.asyncio.client import connect
 
 from service import __version__, auth, traces
-from service.config import load_settings
+from service.config import ConfigError, load_settings
 from tests.conftest import SECRET, RunningServer, ServiceProcess, timeout
 from tests.helpers import RUN, WsClient, create, publish
 
@@ -220,3 +221,14 @@ def test_endpoint_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().otlp_endpoint == "http://collector:4318/v1/traces"
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert not load_settings().traces
+
+
+def test_an_endpoint_without_the_sdk_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an endpoint set and the `otel` extra missing (here: its SDK made unimportable), the
+    settings are refused at start, saying what to install."""
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    assert load_settings().traces  # installed: accepted
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk", None)
+    with pytest.raises(ConfigError, match=r"pip install 'herald\[otel\]'"):
+        load_settings()
