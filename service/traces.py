@@ -30,6 +30,8 @@ instance with subscribers. No span is ever made current, so nothing else nests u
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -57,7 +59,12 @@ class Event(Protocol):
 
 E = TypeVar("E", bound=Event)
 
+logger = logging.getLogger("herald.traces")
+
 SERVICE_NAME = "herald"
+SHUTDOWN_WAIT_S = 5.0
+"""How long a stop waits for the last export: a collector that is down must not hold up a rolling restart
+(the exporter alone would retry for up to twice its timeout, 10 s by default)."""
 
 _tracer: Tracer | None = None
 _provider: TracerProvider | None = None
@@ -84,13 +91,20 @@ def setup(settings: Settings) -> bool:
     return True
 
 
-def shutdown() -> None:
-    """Export what is still buffered and stop (blocking, bounded by the exporter's timeout). Spans
-    made after this are dropped."""
+def shutdown(wait_s: float = SHUTDOWN_WAIT_S) -> None:
+    """Export what is still buffered, waiting at most `wait_s` (blocking), and stop. Spans made after
+    this are dropped, and so are those the collector has not taken by then."""
     global _tracer
     _tracer = None
-    if _provider is not None:
-        _provider.shutdown()
+    if _provider is None:
+        return
+    # The SDK's own shutdown has no deadline of its own: give it one (its threads are daemons, so a
+    # process that exits meanwhile does not wait for them).
+    stopping = threading.Thread(target=_provider.shutdown, name="herald-traces-shutdown", daemon=True)
+    stopping.start()
+    stopping.join(wait_s)
+    if stopping.is_alive():
+        logger.warning("the OTLP collector did not take the last spans within %.0f s; they are dropped", wait_s)
 
 
 def enabled() -> bool:
