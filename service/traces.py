@@ -1,7 +1,7 @@
 """OpenTelemetry traces of publish → notify → deliver, when an OTLP endpoint is configured.
 
-With `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set, `setup` installs the
-OpenTelemetry SDK as the process's tracer provider: resource `service.name` "herald" and
+With `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set, `setup` makes
+Herald's own tracer provider of the OpenTelemetry SDK (not the global one): resource `service.name` "herald" and
 `service.version` this release (`OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` override them), a
 BatchSpanProcessor, and the OTLP exporter over HTTP/protobuf, which reads its endpoint, headers,
 timeout and compression from the standard `OTEL_EXPORTER_OTLP_*` variables itself. Unset, nothing is
@@ -9,7 +9,9 @@ imported or installed, and every helper here returns at its first line: the hot 
 lookup. The SDK is the `otel` extra (`pip install 'herald[otel]'`); config.py refuses to start with
 an endpoint set and no SDK installed.
 
-Three span names, one per hop, each a root span of its own trace (docs/deploy.md, "Traces"):
+Three span names, one per hop (docs/deploy.md, "Traces"). `publish` is a child of the current span
+when there is one (a request span that other instrumentation made), else a root; `notify` and
+`deliver` are always roots:
 
 * `publish`: an append, from its submission to the group commit until its outcome (eventlog.Appender,
   so HTTP and WebSocket publishes alike), or one per event of a batch publish; `herald.project`,
@@ -24,7 +26,7 @@ Three span names, one per hop, each a root span of its own trace (docs/deploy.md
 The NOTIFY crosses processes through PostgreSQL and carries only `project:seq`, so the hops are tied
 by their attributes rather than by a parent span: the `publish` of (project, seq) is followed by a
 `notify` whose `herald.head` >= seq on every instance, and by a `deliver` of (project, seq) on every
-instance with subscribers. No span is ever made current, so nothing else nests under them by accident.
+instance with subscribers. No span of ours is ever made current, so nothing nests under them by accident.
 """
 
 from __future__ import annotations
@@ -71,12 +73,11 @@ _provider: TracerProvider | None = None
 
 
 def setup(settings: Settings) -> bool:
-    """Install the SDK and the OTLP exporter when `settings` name an OTLP endpoint; returns whether
-    traces are on. Once per process: later calls change nothing."""
+    """Make the SDK's provider and the OTLP exporter when `settings` name an OTLP endpoint; returns
+    whether traces are on. Once per process: later calls change nothing."""
     global _tracer, _provider
     if _provider is not None or not settings.traces:
         return _tracer is not None
-    from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import OTELResourceDetector, Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -85,7 +86,8 @@ def setup(settings: Settings) -> bool:
     ours = Resource({"service.name": SERVICE_NAME, "service.version": __version__})
     provider = TracerProvider(resource=ours.merge(OTELResourceDetector().detect()))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
+    # Ours alone, not the global provider: FastAPI traces every request and WebSocket connection as soon
+    # as a global provider is set (a span per health check, one as long as each connection).
     _provider = provider
     _tracer = provider.get_tracer("herald", __version__)
     return True
@@ -157,6 +159,7 @@ def publish_batch(project_id: str, outcomes: Sequence[tuple[Event, bool] | Excep
             }
             for event, created in (o for o in outcomes if not isinstance(o, Exception))
         ],
+        root=False,
     )
 
 
@@ -183,11 +186,18 @@ def deliver(project_id: str, events: Sequence[Event], reached: Sequence[int], st
     )
 
 
-def _spans(name: str, started: int, rows: list[dict[str, AttributeValue]], *, consumer: bool = False) -> None:
+def _spans(
+    name: str, started: int, rows: list[dict[str, AttributeValue]], *, consumer: bool = False, root: bool = True
+) -> None:
+    """Spans that began at `started` and end now. A root span ignores the current context: a feed's
+    pump keeps the context of whatever first woke it, which says nothing about the events it sends."""
+    from opentelemetry.context import Context
     from opentelemetry.trace import SpanKind
 
     assert _tracer is not None
     ended = time.time_ns()
     kind = SpanKind.CONSUMER if consumer else SpanKind.PRODUCER
+    context = Context() if root else None
     for attributes in rows:
-        _tracer.start_span(name, kind=kind, attributes=attributes, start_time=started).end(end_time=ended)
+        span = _tracer.start_span(name, context=context, kind=kind, attributes=attributes, start_time=started)
+        span.end(end_time=ended)

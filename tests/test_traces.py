@@ -36,7 +36,7 @@ def value(v: AnyValue) -> Any:
 
 class Receiver:
     """An OTLP/HTTP trace receiver on a free port: decodes every POST /v1/traces into spans, each a
-    dict of its name, attributes and its resource's attributes."""
+    dict of its name, attributes, its resource's attributes and its parent span's id."""
 
     def __init__(self) -> None:
         self.spans: list[dict[str, Any]] = []
@@ -55,7 +55,14 @@ class Receiver:
                     for ss in rs.scope_spans:
                         for span in ss.spans:
                             attributes = {a.key: value(a.value) for a in span.attributes}
-                            spans.append({"name": span.name, "attributes": attributes, "resource": resource})
+                            spans.append(
+                                {
+                                    "name": span.name,
+                                    "attributes": attributes,
+                                    "resource": resource,
+                                    "parent": span.parent_span_id,
+                                }
+                            )
                 with receiver.lock:
                     receiver.paths.append(self.path)
                     receiver.spans.extend(spans)
@@ -186,6 +193,10 @@ async def test_publish_notify_deliver_are_exported(database_url: str, tmp_path: 
         finally:
             await asyncio.to_thread(proc.stop)
         assert set(receiver.paths) == {"/v1/traces"}
+        # Herald's three spans only (FastAPI's request spans stay off: the global provider is not set),
+        # each its own trace (no request span for publish to nest in).
+        assert {s["name"] for s in receiver.spans} == {"publish", "notify", "deliver"}
+        assert {s["parent"] for s in receiver.spans} == {b""}
         # One span per event and hop: no per-client spans, nothing twice.
         assert sorted(s["attributes"]["herald.seq"] for s in receiver.named("deliver")) == [seq + n for n in range(4)]
         assert sorted(s["attributes"]["herald.seq"] for s in receiver.named("publish")) == [seq + n for n in range(4)]
