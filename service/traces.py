@@ -110,11 +110,12 @@ def shutdown(wait_s: float = SHUTDOWN_WAIT_S) -> None:
 
 
 def enabled() -> bool:
+    """Whether spans are being made (after `setup` found an endpoint, until `shutdown`)."""
     return _tracer is not None
 
 
 def now() -> int:
-    """A start time for `deliver` and `publish_batch` (0 when traces are off: it is never used)."""
+    """A start time for `notify`, `deliver` and `publish_batch` (0 when traces are off: never used)."""
     return time.time_ns() if _tracer is not None else 0
 
 
