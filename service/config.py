@@ -7,6 +7,7 @@ secret, a guessable secret) is refused here rather than discovered later.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import resource
 import secrets
@@ -14,7 +15,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MIN_SECRET_LENGTH = 32
@@ -45,6 +46,17 @@ def default_concurrency() -> int:
     pool, the listener and log files."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return 100_000 if soft == resource.RLIM_INFINITY else max(64, soft - 128)
+
+
+def otel_installed() -> bool:
+    """Whether the `otel` extra (the OpenTelemetry SDK and its OTLP/HTTP exporter) is installed."""
+    try:
+        return all(
+            importlib.util.find_spec(name) is not None
+            for name in ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
+        )
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 class ConfigError(Exception):
@@ -109,6 +121,13 @@ class Settings(BaseSettings):
     )
     # `text` (a timestamped line) or `json` (one object a line), on stderr.
     log_format: Literal["text", "json"] = Field(default="text", validation_alias="HERALD_LOG_FORMAT")
+    # OpenTelemetry traces (traces.py) when an OTLP endpoint is set; the exporter reads the rest of the
+    # standard OTEL_* variables itself. OTEL_SDK_DISABLED=true turns them off whatever the endpoint.
+    otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+    )
+    otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -139,7 +158,7 @@ class Settings(BaseSettings):
             return [s.strip() for s in value.split(",") if s.strip()]
         return value
 
-    @field_validator("github_webhook_secret", "archive_dir", mode="before")
+    @field_validator("github_webhook_secret", "archive_dir", "otlp_endpoint", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         # `GITHUB_WEBHOOK_SECRET=` (docker-compose's default) must disable webhooks, never make an empty
@@ -165,7 +184,17 @@ class Settings(BaseSettings):
             ("postgresql://", "postgres://", "postgresql+asyncpg://")
         ):
             raise ConfigError("DATABASE_URL must be a postgresql:// URL")
+        if self.traces and not otel_installed():
+            raise ConfigError(
+                "an OTLP endpoint is set (OTEL_EXPORTER_OTLP_ENDPOINT) but the OpenTelemetry SDK is not "
+                "installed: pip install 'herald[otel]', or unset it"
+            )
         return self
+
+    @property
+    def traces(self) -> bool:
+        """True when spans are exported (traces.py): an OTLP endpoint is set and the SDK not disabled."""
+        return self.otlp_endpoint is not None and not self.otel_sdk_disabled
 
     @property
     def embedded(self) -> bool:

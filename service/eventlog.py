@@ -32,7 +32,7 @@ from typing import Any, Literal, cast
 import asyncpg
 import orjson
 
-from . import audit, partitions
+from . import audit, partitions, traces
 from .db import BUSY_ERRORS, UNAVAILABLE_ERRORS, ConnectionLost, DatabaseBusy
 from .messages import format_timestamp
 
@@ -534,6 +534,7 @@ class Appender:
         so one caller's appends to a project take increasing seqs."""
         a = Append(project_id, type, data, message_id) if message_id else Append(project_id, type, data)
         pending = _Pending(a, asyncio.get_running_loop().create_future())
+        traces.publish(a.project_id, a.message_id, pending.future)
         self._queue.append(pending)
         if len(self._flushers) < self.writers:
             self._flushers.add(asyncio.create_task(self._flush()))

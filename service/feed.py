@@ -27,7 +27,7 @@ from typing import Any
 
 import asyncpg
 
-from . import eventlog
+from . import eventlog, traces
 from .connection import Subscription
 from .db import DatabaseUnavailable
 from .frames import EncodedEvent
@@ -124,7 +124,9 @@ class Feed:
                     continue
                 events = run.events
                 if events and self._open:
+                    started = traces.now()
                     reached = self._broadcast(self.project_id, [EncodedEvent.of(e) for e in events])
+                    traces.deliver(self.project_id, events, reached, started)
                     self.delivered = events[-1].seq
                     if self._on_send is not None:
                         for event, count in zip(events, reached, strict=True):

@@ -156,12 +156,13 @@ class Hub:
 
     # --- what the listener and the sessions ask --------------------------------------------------
 
-    def wake(self, project_id: str, seq: int | None = None) -> None:
+    def wake(self, project_id: str, seq: int | None = None) -> bool:
         """New rows may exist for the project (a NOTIFY, a re-read): its feed reads them, if it has
-        subscribers here."""
+        subscribers here (returns whether it has)."""
         feed = self._feeds.get(project_id)
         if feed is not None:
             feed.wake(seq)
+        return feed is not None
 
     def projects(self) -> list[str]:
         """The projects with subscribers on this process."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from . import auth, db, eventlog, partitions, retention, state
+from . import auth, db, eventlog, partitions, retention, state, traces
 from .codes import CloseCode
 from .config import Settings
 from .connection import keep_alive
@@ -70,8 +70,10 @@ class Runtime:
 
     def _wake(self, payload: str) -> None:
         """`project:seq`: the project's log reached seq; its feed reads what it has not delivered."""
+        started = traces.now()
         project_id, _, seq = payload.rpartition(":")
-        self.hub.wake(project_id, int(seq) if seq.isdigit() else None)
+        head = int(seq) if seq.isdigit() else None
+        traces.notify(project_id, head, self.hub.wake(project_id, head), started)
 
     def _revocations_changed(self, payload: str) -> None:
         task = asyncio.create_task(self.reload_revocations())
@@ -127,6 +129,7 @@ class Runtime:
 
 async def start(settings: Settings) -> Runtime:
     """Start (or join) the database, migrate it, and open the pool."""
+    traces.setup(settings)  # OpenTelemetry, when an OTLP endpoint is configured
     embedded: db.EmbeddedPostgres | None = None
     if settings.database_url is None:
         embedded = await asyncio.to_thread(db.start_embedded, settings.data_dir)
@@ -171,3 +174,5 @@ async def stop(runtime: Runtime) -> None:
     await runtime.database.close()
     if runtime.embedded is not None:
         await asyncio.to_thread(runtime.embedded.stop)
+    if traces.enabled():
+        await asyncio.to_thread(traces.shutdown)  # export the spans still buffered

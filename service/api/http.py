@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from .. import PROTOCOL_VERSION, __version__, cursors, eventlog, retention, state
+from .. import PROTOCOL_VERSION, __version__, cursors, eventlog, retention, state, traces
 from ..codes import ErrorCode
 from ..db import ConnectionLost, Database
 from ..messages import (
@@ -347,6 +347,7 @@ async def publish_batch(
             if event.message_id
             else eventlog.Append(project_id, event.type, data)
         )
+    started = traces.now()
     try:
         # At most two batches per project at once: a project whose row is locked elsewhere holds two
         # pooled connections waiting for it, not the pool (the rest are answered busy).
@@ -360,6 +361,7 @@ async def publish_batch(
             raise project_missing(project_id)
         stored, created = outcome
         results.append({"seq": stored.seq, "messageId": stored.message_id, "created": created})
+    traces.publish_batch(project_id, outcomes, started)
     status = 201 if any(r["created"] for r in results) else 200
     return json_response({"projectId": project_id, "events": results}, status)
 
