@@ -56,10 +56,16 @@ async def publish(proc: ServiceProcess, n: int) -> list[int]:
 
 
 def workers_of(proc: ServiceProcess) -> list[psutil.Process]:
-    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+    """The supervisor's live worker processes (not multiprocessing's resource tracker)."""
     assert proc.proc is not None
-    children = psutil.Process(proc.proc.pid).children()
-    return [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
+    found = []
+    for child in psutil.Process(proc.proc.pid).children():
+        try:
+            if "resource_tracker" not in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+        except psutil.Error:  # gone, or a zombie not yet reaped: not a worker that serves
+            continue
+    return found
 
 
 def gone(processes: list[psutil.Process]) -> bool:
@@ -72,10 +78,19 @@ def gone(processes: list[psutil.Process]) -> bool:
     return True
 
 
+def both_serve(proc: ServiceProcess) -> None:
+    """Wait until the supervisor has seen both workers serve (start() returns as soon as one answers)."""
+    deadline = time.monotonic() + timeout(60)
+    while "herald serving with 2 workers" not in proc.log_file.read_text():
+        assert time.monotonic() < deadline, "the workers did not all start"
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def workers(database_url: str, tmp_path: Path) -> Any:
     proc = ServiceProcess(tmp_path / "data", database_url, serve_args=("--no-access-log", "--workers", "2"))
     proc.start()
+    both_serve(proc)
     try:
         yield proc
     finally:
@@ -185,3 +200,48 @@ async def test_one_process_names_no_worker(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200
     assert "x-herald-worker" not in r.headers
     assert "herald_connections 0.0" in r.text and "worker=" not in r.text
+
+
+def test_more_workers_than_one_refuse_print_url_and_demo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--print-url` and `--demo` belong to the single process: with workers they are refused (status 2)."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/never")
+    monkeypatch.setenv("HERALD_SECRET", SECRET)
+    for flag in ("--print-url", "--demo"):
+        args = parser().parse_args(["serve", "--workers", "2", flag])
+        assert args.func(args) == 2
+
+
+def test_workers_share_one_embedded_database(tmp_path: Path) -> None:
+    """Without DATABASE_URL the supervisor starts the embedded PostgreSQL once for every worker: both
+    workers see what the other wrote, accept the CLI's tokens (the data dir's secret), and the database
+    stops with the service."""
+    from tests.test_embedded import Service
+
+    svc = Service(tmp_path / "data", serve_args=("--no-access-log", "--workers", "2"))
+    svc.start()
+    try:
+        postmaster = svc.postmaster()
+        assert postmaster is not None
+        token = svc.cli("token", "--user", "ops", "--projects", "*", "--scopes", "admin")
+        headers = {"Authorization": f"Bearer {token}", "Connection": "close"}
+        seen: dict[str, int] = {}
+        deadline = time.monotonic() + timeout(60)
+        with httpx.Client(base_url=svc.base_url, headers=headers, timeout=timeout(10)) as http:
+            assert http.post("/api/projects", json={"id": "p1", "name": "p1"}).status_code == 201
+            while set(seen) != {"1", "2"}:
+                assert time.monotonic() < deadline, f"only workers {sorted(seen)} answered"
+                r = http.post("/api/projects/p1/events", json={"type": "agent_run_progress", "data": RUN})
+                assert r.status_code == 201, r.text
+                seen[r.headers["x-herald-worker"]] = r.json()["seq"]
+            history = http.get("/api/projects/p1/events", params={"after": 0}).json()
+        assert [e["seq"] for e in history["events"]] == list(range(1, max(seen.values()) + 1))
+        svc.stop(signal.SIGTERM)
+        assert svc.proc is not None and svc.proc.returncode == 0
+        postmaster.wait(timeout(30))
+        assert svc.postmaster() is None
+    finally:
+        if svc.running():
+            svc.stop(signal.SIGKILL)
+        leftover = svc.postmaster()
+        if leftover is not None:
+            leftover.terminate()
