@@ -100,14 +100,17 @@ def run_worker(spec: Spec, worker: str, sock: socket.socket, ready: Connection) 
     server = Server(config)
     parent = os.getppid()
 
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.should_exit = True  # before uvicorn serves, it then starts up and shuts down at once
+
     def reload(signum: int, frame: FrameType | None) -> None:
         server.close_code = CloseCode.SERVICE_RESTART
         server.should_exit = True
 
     # uvicorn handles SIGTERM and SIGINT while it serves, and raises them again once it has shut down
     # cleanly: with these handlers in place, that second raise ends the worker with status 0.
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, reload)
 
     async def serve() -> None:
@@ -223,7 +226,8 @@ class Supervisor:
                 return
             fresh = self._spawn(name)
             if not self._await_ready(fresh):
-                logger.error("worker %s's replacement did not start: reload abandoned, the old one serves on", name)
+                if not self.stopping:
+                    logger.error("worker %s's replacement did not start: reload abandoned, the old one serves on", name)
                 self._stop([fresh], signal.SIGTERM)
                 return
             old, self.slots[name] = self.slots[name], fresh
