@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -75,6 +76,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     if settings.embedded:
         require_embedded()  # here, rather than as a failed lifespan deep in uvicorn's logs
+    if args.workers > 1:
+        return serve_workers(args, settings)
     app = create_app(settings)
     config = server_config(
         app, settings, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log
@@ -113,6 +116,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after its clean shutdown; nothing left to do
         pass
     return 0 if server.started else 1
+
+
+def serve_workers(args: argparse.Namespace, settings: Settings) -> int:
+    """`serve --workers N` (N > 1): the database started (when embedded) and migrated once, here, then N
+    workers on one socket, kept by a supervisor (service/workers.py)."""
+    from . import workers
+
+    if args.print_url or args.demo:
+        print("error: --print-url and --demo run with one worker only (--workers 1)", file=sys.stderr)
+        return 2
+    with database(settings) as url:
+        db.migrate(url)
+        spec = workers.Spec(
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            access_log=args.access_log,
+            log_format=settings.log_format,
+            database_url=url,
+            secret=settings.signing_secret(),
+        )
+        sock = workers.bind(args.host, args.port)
+        return workers.Supervisor(spec, args.workers, sock).run()
 
 
 async def play_demo(base_url: str, token: str, *, pace: float) -> None:
@@ -288,6 +314,16 @@ def positive(text: str) -> int:
     return value
 
 
+def workers_count(text: str) -> int:
+    """`--workers`: a positive number, or `auto` for one per core."""
+    if text == "auto":
+        return os.cpu_count() or 1
+    try:
+        return positive(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a positive number nor 'auto'") from None
+
+
 def days(text: str) -> int:
     value = positive(text)
     if value > retention.MAX_KEEP_DAYS:
@@ -365,6 +401,13 @@ def parser() -> argparse.ArgumentParser:
         "--print-url", action="store_true", help="once ready, print a dashboard URL carrying an admin token"
     )
     serve.add_argument("--demo", action="store_true", help="also play the demo stream into two demo projects")
+    serve.add_argument(
+        "--workers",
+        type=workers_count,
+        default=1,
+        metavar="N",
+        help="worker processes on the one port (default 1; 'auto': one per core); SIGHUP reloads them in turn",
+    )
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="play a live demo stream into a running service (two demo projects)")

@@ -19,8 +19,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from . import __version__, db, frames, limits, proxies, resources, runtime
 from .api import audit, http, sse, webhooks, websocket
 from .auth import install_log_redaction
+from .codes import CloseCode
 from .config import Settings
 from .messages import MAX_MESSAGE_BYTES
+from .workers import WorkerHeader
 
 logger = logging.getLogger("herald.app")
 
@@ -32,14 +34,17 @@ class Server(uvicorn.Server):
 
     uvicorn waits for open connections before it runs the lifespan's shutdown, and an SSE stream never
     ends by itself, so without this every open stream would hold the process for the whole graceful
-    timeout. Draining first closes WebSockets with 1001 and ends streams at once.
+    timeout. Draining first closes WebSockets with `close_code` (1001; 1012 when a reload replaces this
+    worker) and ends streams at once.
     """
+
+    close_code: CloseCode = CloseCode.GOING_AWAY
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         app = self.config.app
         running: runtime.Runtime | None = getattr(getattr(app, "state", None), "runtime", None)
         if running is not None:
-            await runtime.drain(running)
+            await runtime.drain(running, code=self.close_code)
         await super().shutdown(sockets)
 
 
@@ -67,14 +72,16 @@ def server_config(
     )
 
 
-def create_app(settings: Settings, *, frontend_dist: Path | None = FRONTEND_DIST) -> FastAPI:
-    """The whole service as an ASGI app. `frontend_dist`: the built dashboard to serve at `/`."""
+def create_app(settings: Settings, *, frontend_dist: Path | None = FRONTEND_DIST, worker: str | None = None) -> FastAPI:
+    """The whole service as an ASGI app. `frontend_dist`: the built dashboard to serve at `/`. `worker`:
+    this process's name among `serve --workers N`'s, sent as `X-Herald-Worker` and put on its metrics."""
     install_log_redaction()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         running = await runtime.start(settings)
         app.state.runtime = running  # what api/dependencies.py hands out, one part per route
+        running.metrics.worker = worker
         running.start_background()
         logger.info("herald ready on %s", db.redact(running.database_url))
         try:
@@ -103,6 +110,8 @@ def create_app(settings: Settings, *, frontend_dist: Path | None = FRONTEND_DIST
         )
     # Forwarded headers of trusted proxies, and a request id for the logs (echoed as X-Request-ID).
     app.add_middleware(proxies.Edge, trusted_proxies=settings.trusted_proxies)
+    if worker is not None:
+        app.add_middleware(WorkerHeader, worker=worker)
     # Outermost: a request past the limit costs a counter and a JSON 503, nothing else.
     app.add_middleware(limits.ConcurrencyLimit, limit=settings.limit_concurrency)
     app.include_router(websocket.router)

@@ -3,6 +3,10 @@
 Gauges are computed when scraped rather than kept up to date on the hot path. The log's (per project: its
 head, its low watermark, the events kept; the events table's bytes) are read from the database by the
 scrape itself (`read_log`), with a few cheap queries on the projects table and the catalog.
+
+Under `serve --workers N` a scrape reaches one worker, and says so: every series this process counts or
+sees carries `worker="k"` (the log's gauges, the same from any worker, do not). Nothing is summed across
+workers here; Prometheus sums the workers' series (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .eventlog import ConnectionFactory, StoredEvent
@@ -96,8 +100,25 @@ class _LogCollector(Collector):
         )
 
 
+class _Labelled(Collector):
+    """What `source` collects, each sample with `worker` added to its labels."""
+
+    def __init__(self, source: CollectorRegistry, worker: str) -> None:
+        self.source = source
+        self.worker = worker
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.source.collect():
+            labelled = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            labelled.samples = [
+                sample._replace(labels={**sample.labels, "worker": self.worker}) for sample in metric.samples
+            ]
+            yield labelled
+
+
 class Metrics:
     def __init__(self) -> None:
+        self.worker: str | None = None  # set by `serve --workers N` in each worker
         self.registry = CollectorRegistry(auto_describe=True)
         self.messages_sent = Counter(
             "herald_messages_sent", "Events handed to clients by the live fan-out", registry=self.registry
@@ -115,7 +136,6 @@ class Metrics:
             registry=self.registry,
         )
         self._log = _LogCollector()
-        self.registry.register(self._log)
 
     def record_pruned(self, project_id: str, rows: int) -> None:
         """Count `rows` deleted from `project_id`'s log by a prune of this process (the scheduled one calls
@@ -146,4 +166,7 @@ class Metrics:
             self.latency.observe(max(0.0, time.time() - event.created_at.timestamp()))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        scrape = CollectorRegistry(auto_describe=False)
+        scrape.register(self._log)
+        scrape.register(self.registry if self.worker is None else _Labelled(self.registry, self.worker))
+        return generate_latest(scrape)

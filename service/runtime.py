@@ -154,13 +154,15 @@ async def start(settings: Settings) -> Runtime:
     return running
 
 
-async def drain(runtime: Runtime) -> None:
-    """Persist every pending ack and tell every client to go (1001; an SSE stream simply ends)."""
+async def drain(runtime: Runtime, *, code: CloseCode = CloseCode.GOING_AWAY) -> None:
+    """Persist every pending ack and tell every client to go (with `code`: 1001 at a shutdown, 1012 when
+    a reload replaces this worker; an SSE stream simply ends)."""
     runtime.draining = True  # /readyz says so from now on
     with contextlib.suppress(Exception):
         await runtime.acks.flush()
+    reason = "server restarting" if code == CloseCode.SERVICE_RESTART else "server shutting down"
     for client in list(runtime.hub.clients):
-        client.close(CloseCode.GOING_AWAY, "server shutting down; reconnect and resume")
+        client.close(code, f"{reason}; reconnect and resume")
 
 
 async def stop(runtime: Runtime) -> None:
