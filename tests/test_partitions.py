@@ -240,6 +240,10 @@ async def test_a_flat_log_moves_into_partitions_while_it_is_read_and_appended_to
 # --- pruning under load ---------------------------------------------------------------------------------
 
 
+# A hundred client sockets closing while the server drains: on a loaded machine the interpreter may
+# finalize one after this test has judged them (a ResourceWarning from the test's own clients, seen in two
+# fresh-clone runs of twelve minutes on a machine running other suites); what is asserted is delivery.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_pruning_while_100_clients_stream_and_producers_publish_loses_nothing(
     database_url: str, tmp_path: Path
 ) -> None:
