@@ -76,7 +76,7 @@ class Found:
     `cursor` is the stored durable cursor (None: none, or not asked for) and `cursor_hash` the hash it
     recorded at its ack (None: acked before migration 0011). `log_hash` is the audit chain's hash at the
     position to check, `after` if given, else the stored cursor's seq: None when there is nothing to
-    compare (no position, seq 0, beyond the head, or an event pruned below the watermark's edge).
+    compare (no position, seq 0, beyond the head, or a pruned event).
     """
 
     head: int
@@ -87,13 +87,12 @@ class Found:
 
 
 # The project's bounds, the client's stored cursor (when $5) and the chain's hash at the position to check
-# ($4, else the cursor's seq): at the head and right below the oldest kept event the project's row has it
-# (last_hash, pruned_hash); elsewhere one probe of the log's primary key.
+# ($4, else the cursor's seq): at the head the project's row has it (last_hash); elsewhere one probe of the
+# log's primary key (none for a pruned event: nothing to compare).
 _FIND_START = """
 SELECT p.head, p.oldest, c.seq AS cursor, c.hash AS cursor_hash,
     CASE WHEN at.seq IS NULL OR at.seq <= 0 OR at.seq > p.head THEN NULL
          WHEN at.seq = p.head THEN p.last_hash
-         WHEN at.seq = p.oldest - 1 THEN p.pruned_hash
          ELSE (SELECT e.hash FROM events e WHERE e.project_id = p.id AND e.seq = at.seq)
     END AS log_hash
 FROM projects p
