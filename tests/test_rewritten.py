@@ -15,6 +15,7 @@ up through it all, with its acks in memory, reconnecting as it would to a new pr
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ import httpx
 import pytest
 
 from service import db, eventlog
-from service.session import rewritten_at
+from service.auth import InvalidToken, Principal
+from service.session import Ack, CheckAck, Connect, FindStart, Refuse, Send, Session, rewritten_at
 from tests.conftest import RunningServer, timeout
 from tests.helpers import WsClient, create, open_client, publish, seqs_of, stream
 
@@ -146,6 +148,44 @@ def test_the_rule() -> None:
     assert rewritten_at(after=None, after_hash=None, head=9, stored=8, cursor_hash=a, log_hash=a) is None
     assert rewritten_at(after=None, after_hash=None, head=5, stored=8, cursor_hash=a, log_hash=None) == 8
     assert rewritten_at(after=None, after_hash=None, head=5, stored=8, cursor_hash=None, log_hash=None) is None
+
+
+def test_the_session_asks_and_answers() -> None:
+    """Sans I/O: a `subscribe` with afterHash asks for the log's hash at `after` (FindStart.after), a
+    mismatch is the `history_rewritten` frame with seq and stateSeq and nothing subscribed, a match
+    subscribes; an `ack` with a hash hands it to the Ack effect."""
+    a, b = bytes(32), bytes([1]) * 32
+    s = Session(Principal(user="alice", projects=None, scopes=frozenset({"admin"}), expires_at=2e9), verify=refuse)
+    s.receive(json.dumps({"type": "subscribe", "projectId": "p", "after": 7, "afterHash": b.hex()}))
+    [find] = s.take()
+    assert isinstance(find, FindStart) and (find.after, find.cursor) == (7, False)
+    s.found(find.ticket, 9, None, 1, log_hash=a)
+    [refusal] = s.take()
+    assert isinstance(refusal, Refuse)
+    frame = json.loads(refusal.frame())
+    assert (frame["code"], frame["ref"], frame["seq"], frame["stateSeq"]) == ("history_rewritten", "p", 7, 9)
+    assert "p" not in s.subscribed
+
+    s.receive(json.dumps({"type": "subscribe", "projectId": "p", "after": 7, "afterHash": a.hex()}))
+    [find] = s.take()
+    s.found(find.ticket, 9, None, 1, log_hash=a)
+    assert [type(e) for e in s.take()] == [Send, Connect]
+    s.receive(json.dumps({"type": "ack", "projectId": "p", "seq": 7, "hash": a.hex()}))
+    [check] = s.take()
+    assert isinstance(check, CheckAck)
+    s.ack_checked(check.ticket, 9)
+    assert s.take() == [Ack("p", 7, a.hex())]
+
+    s.receive(json.dumps({"type": "subscribe", "projectId": "q"}))  # no position: the cursor is checked
+    [find] = s.take()
+    assert isinstance(find, FindStart) and (find.after, find.cursor) == (None, True)
+    s.found(find.ticket, 9, 8, 1, stored=8, cursor_hash=b, log_hash=a)
+    [refusal] = s.take()
+    assert isinstance(refusal, Refuse) and json.loads(refusal.frame())["seq"] == 8
+
+
+def refuse(token: str) -> Principal:
+    raise InvalidToken("no refreshes here")
 
 
 # --- WebSocket -----------------------------------------------------------------------------------------
