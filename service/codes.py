@@ -24,6 +24,7 @@ class ErrorCode(StrEnum):
     INVALID_ACK = "invalid_ack"
     INVALID_CURSOR = "invalid_cursor"
     HISTORY_TRUNCATED = "history_truncated"  # the read starts below the oldest event kept: reload the state
+    HISTORY_REWRITTEN = "history_rewritten"  # extension: the log's event at the client's seq differs (a failover)
     INVALID_FRAME = "invalid_frame"
     UNKNOWN_TYPE = "unknown_type"
     NOT_SUBSCRIBED = "not_subscribed"
@@ -44,6 +45,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_ACK: 422,
     ErrorCode.INVALID_CURSOR: 422,
     ErrorCode.HISTORY_TRUNCATED: 410,
+    ErrorCode.HISTORY_REWRITTEN: 409,
     ErrorCode.INVALID_FRAME: 400,
     ErrorCode.UNKNOWN_TYPE: 422,
     ErrorCode.NOT_SUBSCRIBED: 409,

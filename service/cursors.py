@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -70,6 +70,48 @@ class AckBeyondHead(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Found:
+    """What a subscription's start is decided from, read in one statement (`find_start`).
+
+    `cursor` is the stored durable cursor (None: none, or not asked for) and `cursor_hash` the hash it
+    recorded at its ack (None: acked before migration 0011). `log_hash` is the audit chain's hash at the
+    position to check, `after` if given, else the stored cursor's seq: None when there is nothing to
+    compare (no position, seq 0, beyond the head, or a pruned event).
+    """
+
+    head: int
+    oldest: int
+    cursor: int | None
+    cursor_hash: bytes | None
+    log_hash: bytes | None
+
+
+# The project's bounds, the client's stored cursor (when $5) and the chain's hash at the position to check
+# ($4, else the cursor's seq): at the head the project's row has it (last_hash); elsewhere one probe of the
+# log's primary key (none for a pruned event: nothing to compare).
+_FIND_START = """
+SELECT p.head, p.oldest, c.seq AS cursor, c.hash AS cursor_hash,
+    CASE WHEN at.seq IS NULL OR at.seq <= 0 OR at.seq > p.head THEN NULL
+         WHEN at.seq = p.head THEN p.last_hash
+         ELSE (SELECT e.hash FROM events e WHERE e.project_id = p.id AND e.seq = at.seq)
+    END AS log_hash
+FROM projects p
+LEFT JOIN cursors c ON $5 AND c.project_id = p.id AND c."user" = $2 AND c.client_id = $3
+CROSS JOIN LATERAL (SELECT COALESCE($4::bigint, c.seq) AS seq) AS at
+WHERE p.id = $1
+"""
+
+
+async def find_start(
+    conn: asyncpg.Connection, *, project_id: str, user: str, client_id: str, cursor: bool, after: int | None
+) -> Found | None:
+    """Read what a subscription's start is decided from (`Found`) in one round trip; None when there is
+    no such project. `cursor`: read the client's stored cursor too."""
+    row = await conn.fetchrow(_FIND_START, project_id, user, client_id, after, cursor)
+    return None if row is None else Found(**dict(row))
+
+
+@dataclass(frozen=True, slots=True)
 class CursorRow:
     client_id: str
     user: str
@@ -85,28 +127,35 @@ class CursorRow:
         }
 
 
-# Acks (project, user, client, seq), one per cursor, in one statement: lock the cursors that exist (in key
-# order, so two flushes sharing cursors wait rather than deadlock), move each to max(cursor, seq) unless
-# seq is beyond the head (refused on arrival; the check stays as a guard), and write an ack_ledger row for
-# each cursor that moved or was created, with its new seq. Locking first makes "moved" exact: `before`
-# holds each cursor as it is when this statement owns it, even when another instance's flush committed
-# a move of it meanwhile. The INSERT reads `before`, so its rows are locked before any is written.
+# Acks (project, user, client, seq, hash), one per cursor, in one statement (each cursor keeps the audit
+# chain's hash of the event at its seq: the one the client sent with its ack, else the log's, read here; a
+# re-ack of the same seq keeps the first one, even if a failover has reissued that seq since): lock the
+# cursors that exist (in key order, so two flushes sharing cursors wait rather than deadlock), move each
+# to max(cursor, seq) unless seq is beyond the head (refused on arrival; the check stays as a guard), and
+# write an ack_ledger row for each cursor that moved or was created, with its new seq. Locking first makes
+# "moved" exact: `before` holds each cursor as it is when this statement owns it, even when another
+# instance's flush committed a move of it meanwhile. The INSERT reads `before`, so its rows are locked
+# before any is written.
 _ADVANCE = """
 WITH acked AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS a(project_id, "user", client_id, seq)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[])
+        AS a(project_id, "user", client_id, seq, hash)
 ), before AS (
     SELECT c.project_id, c."user", c.client_id, c.seq FROM cursors c
     JOIN acked USING (project_id, "user", client_id)
     ORDER BY c.project_id, c."user", c.client_id
     FOR UPDATE OF c
 ), moved AS (
-    INSERT INTO cursors AS c (project_id, "user", client_id, seq, updated_at)
-    SELECT a.project_id, a."user", a.client_id, a.seq, now()
+    INSERT INTO cursors AS c (project_id, "user", client_id, seq, updated_at, hash)
+    SELECT a.project_id, a."user", a.client_id, a.seq, now(),
+        COALESCE(a.hash, (SELECT e.hash FROM events e WHERE e.project_id = a.project_id AND e.seq = a.seq))
     FROM acked a JOIN projects p ON p.id = a.project_id AND p.head >= a.seq
     LEFT JOIN before b USING (project_id, "user", client_id)
     ORDER BY a.project_id, a."user", a.client_id
     ON CONFLICT (project_id, "user", client_id)
-    DO UPDATE SET seq = GREATEST(c.seq, EXCLUDED.seq), updated_at = EXCLUDED.updated_at
+    DO UPDATE SET seq = GREATEST(c.seq, EXCLUDED.seq), updated_at = EXCLUDED.updated_at,
+        hash = CASE WHEN EXCLUDED.seq > c.seq OR (c.hash IS NULL AND EXCLUDED.seq = c.seq) THEN EXCLUDED.hash
+                    ELSE c.hash END
     RETURNING c.project_id, c."user", c.client_id, c.seq
 ), ledger AS (
     INSERT INTO ack_ledger (project_id, "user", client_id, seq, acked_at)
@@ -119,15 +168,18 @@ SELECT project_id, "user", client_id, seq FROM moved
 
 
 async def advance_many(
-    conn: asyncpg.Connection, acks: Iterable[tuple[str, str, str, int]]
+    conn: asyncpg.Connection,
+    acks: Iterable[tuple[str, str, str, int]],
+    hashes: Mapping[tuple[str, str, str], bytes] | None = None,
 ) -> dict[tuple[str, str, str], int]:
     """Persist a batch of (project_id, user, client_id, seq) acks, at most one per cursor, in one
     statement (one round trip, one transaction): the cursors and their ack_ledger rows commit together.
-    Returns each cursor as it is afterwards; an ack beyond the head (or of no project) is left out."""
+    `hashes`: the event's hash as the client has it, per cursor (else the log's is kept). Returns each
+    cursor as it is afterwards; an ack beyond the head (or of no project) is left out."""
     rows = sorted(acks)
-    columns: tuple[list[Any], ...] = ([], [], [], [])
+    columns: tuple[list[Any], ...] = ([], [], [], [], [])
     for row in rows:
-        for column, value in zip(columns, row, strict=True):
+        for column, value in zip(columns, (*row, (hashes or {}).get(row[:3])), strict=True):
             column.append(value)
     result = await conn.fetch(_ADVANCE, *columns)
     return {(r["project_id"], r["user"], r["client_id"]): r["seq"] for r in result}
@@ -232,12 +284,17 @@ class AckBuffer:
     def __init__(self, connection: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]) -> None:
         self._connection = connection
         self._pending: dict[tuple[str, str, str], int] = {}
+        self._hashes: dict[tuple[str, str, str], bytes] = {}  # of the pending seq, as the client sent it
         self._lock = asyncio.Lock()
 
-    def add(self, *, project_id: str, user: str, client_id: str, seq: int) -> None:
+    def add(self, *, project_id: str, user: str, client_id: str, seq: int, hash: bytes | None = None) -> None:
         key = (project_id, user, client_id)
         if seq > self._pending.get(key, -1):
             self._pending[key] = seq
+            if hash is None:
+                self._hashes.pop(key, None)
+            else:
+                self._hashes[key] = hash
 
     def peek(self, *, project_id: str, user: str, client_id: str) -> int | None:
         """The highest ack not yet persisted for this cursor, if any."""
@@ -249,6 +306,20 @@ class AckBuffer:
         pending = self.peek(project_id=project_id, user=user, client_id=client_id)
         candidates = [v for v in (stored, pending) if v is not None]
         return max(candidates) if candidates else None
+
+    async def find_start(
+        self, conn: asyncpg.Connection, *, project_id: str, user: str, client_id: str, cursor: bool, after: int | None
+    ) -> tuple[Found | None, int | None]:
+        """`find_start`, and the cursor as this process knows it (a newer ack not yet persisted included;
+        None when `cursor` is false). The check stays at the stored cursor, whose hash is known."""
+        found = await find_start(
+            conn, project_id=project_id, user=user, client_id=client_id, cursor=cursor, after=after
+        )
+        if found is None or not cursor:
+            return found, None
+        pending = self.peek(project_id=project_id, user=user, client_id=client_id)
+        candidates = [v for v in (found.cursor, pending) if v is not None]
+        return found, max(candidates) if candidates else None
 
     @property
     def pending(self) -> int:
@@ -267,16 +338,17 @@ class AckBuffer:
             if not batch:
                 return
             rows = [(*k, v) for k, v in batch.items()]
+            hashes = {k: h for k in batch if (h := self._hashes.get(k)) is not None}
             async with self._connection() as conn:
                 try:
-                    await advance_many(conn, rows)
+                    await advance_many(conn, rows, hashes)
                 except asyncpg.PostgresError as exc:
                     if isinstance(exc, UNAVAILABLE_ERRORS + BUSY_ERRORS):  # kept for the next flush
                         raise
                     logger.warning("persisting %d acks as one batch was refused (%s); one by one", len(rows), exc)
                     for row in rows:
                         try:
-                            await advance_many(conn, [row])
+                            await advance_many(conn, [row], hashes)
                         except asyncpg.PostgresError as refused:
                             if isinstance(refused, UNAVAILABLE_ERRORS + BUSY_ERRORS):
                                 raise
@@ -284,6 +356,7 @@ class AckBuffer:
             for k, v in batch.items():  # landed: forget them, unless a newer ack came meanwhile
                 if self._pending.get(k) == v:
                     del self._pending[k]
+                    self._hashes.pop(k, None)
 
     async def flush_client(self, user: str, client_id: str) -> None:
         await self.flush(lambda k: k[1] == user and k[2] == client_id)

@@ -356,7 +356,12 @@ class ErrorBody(Wire):
     message_ids: list[str] | None = Field(default=None, description="the same, for a batch: every event's, in order")
     oldest: int | None = Field(default=None, description="`history_truncated`: the oldest seq the log keeps")
     state_seq: int | None = Field(
-        default=None, description="`history_truncated`: reload the state (at this seq or later), resume after its seq"
+        default=None,
+        description="`history_truncated`, `history_rewritten`: reload the state (at this seq or later), resume "
+        "after its seq",
+    )
+    seq: int | None = Field(
+        default=None, description="`history_rewritten`: the client's position where the log's event differs"
     )
 
 
@@ -379,10 +384,19 @@ class AuthMessage(Wire):
     token: str
 
 
+HASH_PATTERN = "^[0-9a-f]{64}$"
+
+
 class SubscribeMessage(Wire):
     type: Literal["subscribe"]
     project_id: ProjectId
     after: Seq | None = None
+    after_hash: str | None = Field(
+        default=None,
+        pattern=HASH_PATTERN,
+        description="extension: the `hash` of the event at `after` as the client has it; a log whose event there "
+        "has another hash answers `history_rewritten` (docs/protocol.md §7.5)",
+    )
 
 
 class UnsubscribeMessage(Wire):
@@ -394,6 +408,12 @@ class AckMessage(Wire):
     type: Literal["ack"]
     project_id: ProjectId
     seq: Seq
+    hash: str | None = Field(
+        default=None,
+        pattern=HASH_PATTERN,
+        description="extension: the `hash` of the event at `seq` as the client has it, kept with the durable "
+        "cursor (else the log's at the time the ack is written); docs/protocol.md §7.5",
+    )
 
 
 class PingMessage(Wire):
@@ -453,7 +473,12 @@ class ErrorMessage(Wire):
     ref: str | None = None
     oldest: int | None = Field(default=None, description="`history_truncated`: the oldest seq the log keeps")
     state_seq: int | None = Field(
-        default=None, description="`history_truncated`: reload the state (at this seq or later), resume after its seq"
+        default=None,
+        description="`history_truncated`, `history_rewritten`: reload the state (at this seq or later), resume "
+        "after its seq",
+    )
+    seq: int | None = Field(
+        default=None, description="`history_rewritten`: the client's position where the log's event differs"
     )
 
 

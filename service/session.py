@@ -73,25 +73,60 @@ class Refuse:
     message: str
     ref: str | None
     oldest: int | None = None  # `history_truncated`: the oldest seq kept
-    state_seq: int | None = None  # `history_truncated`: the head when answered, where the state is reloaded
+    state_seq: int | None = None  # `history_truncated`, `history_rewritten`: the head when answered
+    seq: int | None = None  # `history_rewritten`: the client's position, where the log differs
 
     def frame(self) -> str:
-        if self.oldest is None:
-            return encode(type="error", code=self.code.value, message=self.message, ref=self.ref)
-        return encode(
-            type="error",
-            code=self.code.value,
-            message=self.message,
-            ref=self.ref,
-            oldest=self.oldest,
-            stateSeq=self.state_seq,
-        )
+        fields: dict[str, Any] = {"type": "error", "code": self.code.value, "message": self.message, "ref": self.ref}
+        if self.oldest is not None:
+            fields.update(oldest=self.oldest, stateSeq=self.state_seq)
+        if self.seq is not None:
+            fields.update(seq=self.seq, stateSeq=self.state_seq)
+        return encode(**fields)
 
 
 def history_truncated(project_id: str, exc: HistoryTruncated) -> Refuse:
     """The refusal of a read below the low watermark (docs/protocol.md §7.4): the same frame whether it
     answers a subscribe or ends a subscription whose catch-up the watermark overtook (feed.py)."""
     return Refuse(ErrorCode.HISTORY_TRUNCATED, str(exc), project_id, oldest=exc.oldest, state_seq=exc.head)
+
+
+def history_rewritten(project_id: str, seq: int, head: int) -> Refuse:
+    """The refusal of a resume whose position names an event the log no longer has as the client had it (a
+    failover reissued that seq, docs/protocol.md §7.5): the client reloads the state, at `head` or later."""
+    return Refuse(
+        ErrorCode.HISTORY_REWRITTEN,
+        f"the log's event at seq {seq} is not the one this client had (the database failed over and lost it): "
+        f"reload the project's state (it is at seq {head}) and resume after its seq",
+        project_id,
+        seq=seq,
+        state_seq=head,
+    )
+
+
+def rewritten_at(
+    *,
+    after: int | None,
+    after_hash: str | None,
+    head: int,
+    stored: int | None,
+    cursor_hash: bytes | None,
+    log_hash: bytes | None,
+) -> int | None:
+    """The client's position whose event the log has with another hash, if any: the one rule of
+    `history_rewritten`. With an `after` and its `afterHash`, the log's hash at `after` (`log_hash`)
+    must match (nothing to compare, log_hash None: not checked; beyond the head is `invalid_cursor`).
+    Without an `after`, the stored cursor's recorded hash must match the log's at its seq, and a cursor
+    that recorded one may not be beyond the head: the log lost an event this client acknowledged."""
+    if after is not None:
+        if after_hash is None or log_hash is None or after > head:
+            return None
+        return after if log_hash.hex() != after_hash else None
+    if stored is None or cursor_hash is None:
+        return None
+    if stored > head or (log_hash is not None and log_hash != cursor_hash):
+        return stored
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +142,14 @@ class Append:
 
 @dataclass(frozen=True, slots=True)
 class FindStart:
-    """Read the project's head and oldest kept seq (eventlog.bounds) and, when `cursor`, this client's
-    durable cursor (acks not yet persisted included); answer with `found(ticket, head, cursor, oldest)`."""
+    """Read the project's head and oldest kept seq and, when `cursor`, this client's durable cursor (acks
+    not yet persisted included) with the hash it recorded, and the log's hash at `after` (else at the
+    stored cursor): cursors.find_start. Answer with `found(ticket, head, cursor, oldest, ...)`."""
 
     ticket: int
     project_id: str
     cursor: bool
+    after: int | None = None  # a position whose hash the client sent (`afterHash`), to check
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +165,12 @@ class CheckAck:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """Advance this client's cursor for the project to `seq` (held, then persisted in a batch)."""
+    """Advance this client's cursor for the project to `seq` (held, then persisted in a batch), with the
+    hash the client has for that event if it sent one (kept with the cursor, §7.5)."""
 
     project_id: str
     seq: int
+    hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +210,22 @@ Effect = Send | Refuse | Append | FindStart | CheckAck | Ack | Connect | Disconn
 AppendOutcome = tuple[StoredEvent, bool] | BaseException
 
 
+def found_start(session: Session, effect: FindStart, found: cursors.Found | None, cursor: int | None) -> None:
+    """Answer `effect` with what cursors.find_start read (None: no such project)."""
+    if found is None:
+        session.found(effect.ticket, None, None)
+    else:
+        session.found(
+            effect.ticket,
+            found.head,
+            cursor,
+            found.oldest,
+            stored=found.cursor,
+            cursor_hash=found.cursor_hash,
+            log_hash=found.log_hash,
+        )
+
+
 # --- what arrives ------------------------------------------------------------------------------------
 
 
@@ -194,6 +249,7 @@ class _Subscribe:
 
     project_id: str
     after: int | None
+    after_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,10 +348,10 @@ class Session:
             self._inbox.append(decode(text))
         self._advance()
 
-    def subscribe(self, project_id: str, after: int | None = None) -> None:
+    def subscribe(self, project_id: str, after: int | None = None, after_hash: str | None = None) -> None:
         """Subscribe as a `subscribe` message would (an SSE stream's projects); `after` is the
-        position asked for (`after=`, `Last-Event-ID`), if any."""
-        self._inbox.append(_Subscribe(project_id, after))
+        position asked for (`after=`, `Last-Event-ID`), if any, and `after_hash` its event's hash."""
+        self._inbox.append(_Subscribe(project_id, after, after_hash))
         self._advance()
 
     def appended(self, ticket: int, outcome: AppendOutcome) -> None:
@@ -310,15 +366,38 @@ class Session:
             self._answer_publish(self._publishing.pop(oldest), self._outcomes.pop(oldest))
         self._advance()
 
-    def found(self, ticket: int, head: int | None, cursor: int | None, oldest: int = 1) -> None:
+    def found(
+        self,
+        ticket: int,
+        head: int | None,
+        cursor: int | None,
+        oldest: int = 1,
+        *,
+        stored: int | None = None,
+        cursor_hash: bytes | None = None,
+        log_hash: bytes | None = None,
+    ) -> None:
         """The answer to `FindStart(ticket)`: the head (None: no such project), the cursor, and the
-        oldest seq the log keeps."""
+        oldest seq the log keeps; for the check of `rewritten_at`, the stored cursor and its recorded
+        hash, and the log's hash at the position checked."""
         request = self._take_request(ticket)
         if not isinstance(request, _Subscribe):
             return
         pid, after = request.project_id, request.after
+        rewritten = None
+        if head is not None:
+            rewritten = rewritten_at(
+                after=after,
+                after_hash=request.after_hash,
+                head=head,
+                stored=stored,
+                cursor_hash=cursor_hash,
+                log_hash=log_hash,
+            )
         if head is None:
             self._refuse(ErrorCode.NOT_FOUND, f"no project {pid!r}", pid)
+        elif rewritten is not None:
+            self._emit(history_rewritten(pid, rewritten, head))
         else:
             try:
                 start = cursors.resume_point(after=after, cursor=cursor, head=head, oldest=oldest)
@@ -341,7 +420,7 @@ class Session:
         if head is None or seq > head:
             self._refuse(ErrorCode.INVALID_ACK, f"seq {seq} is beyond the head {head}", pid)
         else:
-            self._emit(Ack(pid, seq))
+            self._emit(Ack(pid, seq, request.hash))
         self._advance()
 
     def unavailable(self, ticket: int) -> None:
@@ -486,8 +565,10 @@ class Session:
 
     def _subscribe_message(self, message: dict[str, Any]) -> None:
         parsed = self._parse(SubscribeMessage, message)
-        if parsed is not None:
-            self._subscribe(_Subscribe(parsed.project_id, parsed.after))
+        if parsed is not None and parsed.after_hash is not None and parsed.after is None:
+            self._refuse(ErrorCode.INVALID_FRAME, "afterHash: needs the `after` whose event it is", ref_of(message))
+        elif parsed is not None:
+            self._subscribe(_Subscribe(parsed.project_id, parsed.after, parsed.after_hash))
 
     def _subscribe(self, request: _Subscribe) -> None:
         pid = request.project_id
@@ -496,7 +577,8 @@ class Session:
             return
         ticket = self._ticket()
         self._request = (ticket, request)
-        self._emit(FindStart(ticket, pid, cursor=request.after is None and self.durable))
+        checked = request.after if request.after_hash is not None else None
+        self._emit(FindStart(ticket, pid, cursor=request.after is None and self.durable, after=checked))
 
     def _unsubscribe_message(self, message: dict[str, Any]) -> None:
         parsed = self._parse(UnsubscribeMessage, message)

@@ -185,6 +185,9 @@ cursors = Table(
     Column("client_id", Text, nullable=False),
     Column("seq", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The audit chain's hash of the event at `seq` when it was acked: a resume compares it with the log's
+    # (a failover may have reissued the seq with another event). NULL: acked before migration 0011.
+    Column("hash", LargeBinary, nullable=True),
     PrimaryKeyConstraint("project_id", "user", "client_id", name="cursors_pkey"),
 )
 

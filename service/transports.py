@@ -118,10 +118,10 @@ class SSETransport:
 
 def error_event(frame: str) -> ServerSentEvent | None:
     """An `error` frame (session.Refuse) as SSE's `event: error`, whose data is the HTTP error body with
-    `projectId` for the WebSocket's `ref` (docs/protocol.md §5, §7.4); None for any other frame."""
+    `projectId` for the WebSocket's `ref` (docs/protocol.md §5, §7.4, §7.5); None for any other frame."""
     message = orjson.loads(frame)
     if not isinstance(message, dict) or message.get("type") != "error":
         return None
     data = {"error": message["code"], "message": message["message"], "projectId": message.get("ref")}
-    data.update({k: message[k] for k in ("oldest", "stateSeq") if k in message})
+    data.update({k: message[k] for k in ("oldest", "stateSeq", "seq") if k in message})
     return ServerSentEvent(orjson.dumps(data).decode(), event="error")

@@ -29,6 +29,7 @@ from .. import PROTOCOL_VERSION, __version__, cursors, eventlog, retention, stat
 from ..codes import ErrorCode
 from ..db import ConnectionLost, Database
 from ..messages import (
+    HASH_PATTERN,
     MAX_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_SAFE_INTEGER,
@@ -55,6 +56,7 @@ from ..messages import (
     event_data,
     format_timestamp,
 )
+from ..session import history_rewritten, rewritten_at
 from . import errors
 from .dependencies import AppenderDep, Auth, BatchGatesDep, DatabaseDep, MetricsDep, ReadinessDep, SettingsDep, require
 from .errors import ERRORS, ApiError, error_response, outcome_unknown, project_missing
@@ -178,6 +180,15 @@ After = Annotated[
         le=MAX_SAFE_INTEGER,
         description="only events with seq > after; below the oldest kept, 410 `history_truncated` "
         "(absent: from the oldest kept)",
+    ),
+]
+AfterHash = Annotated[
+    str | None,
+    Query(
+        alias="afterHash",
+        pattern=HASH_PATTERN,
+        description="extension: the hash of the event at `after` as the client has it; another event there (or "
+        "none: beyond the head), 409 `history_rewritten` (docs/protocol.md §7.5)",
     ),
 ]
 Before = Annotated[int | None, Query(ge=1, le=MAX_SAFE_INTEGER, description="only events with seq < before")]
@@ -367,6 +378,7 @@ async def publish_batch(
 
 
 TRUNCATABLE = {**ERRORS, 410: {"model": ErrorBody}}  # reads that may start below the oldest event kept
+CHECKED = {**TRUNCATABLE, 409: {"model": ErrorBody}}  # reads that may check the client's event (afterHash)
 
 
 def read_start(project_id: str, bounds: eventlog.Bounds | None, after: int | None) -> int:
@@ -388,22 +400,48 @@ def truncated_error(exc: eventlog.HistoryTruncated) -> ApiError:
     return ApiError(ErrorCode.HISTORY_TRUNCATED, str(exc), extra={"oldest": exc.oldest, "stateSeq": exc.head})
 
 
-@router.get("/api/projects/{project_id}/events", response_model=EventPage, responses=TRUNCATABLE, tags=["events"])
+@router.get("/api/projects/{project_id}/events", response_model=EventPage, responses=CHECKED, tags=["events"])
 async def history(
     project_id: str,
     principal: Auth,
     database: DatabaseDep,
     where: Filters,
     after: After = None,
+    after_hash: AfterHash = None,
     before: Before = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     order: Annotated[Literal["asc", "desc"], Query()] = "asc",
 ) -> Response:
     """A page of the log (subscribe or audit). `next` is the after (asc) or before (desc) of the next
-    page; with the same filters, the next page continues the same selection."""
+    page; with the same filters, the next page continues the same selection. With `afterHash`, the
+    log's event at `after` must be the one the client has (§7.5)."""
     require(principal, ("subscribe", "audit"), project_id)
+    if after_hash is not None and after is None:
+        raise ApiError(ErrorCode.INVALID_CURSOR, "afterHash needs the `after` whose event it is", status=400)
     async with database.connection() as conn:
-        start = read_start(project_id, await eventlog.bounds(conn, project_id), after)
+        if after_hash is None:
+            bounds = await eventlog.bounds(conn, project_id)
+        else:
+            assert after is not None
+            found = await cursors.find_start(
+                conn, project_id=project_id, user=principal.user, client_id="", cursor=False, after=after
+            )
+            bounds = None if found is None else eventlog.Bounds(found.oldest, found.head)
+            if found is not None and (
+                after > found.head
+                or rewritten_at(
+                    after=after,
+                    after_hash=after_hash,
+                    head=found.head,
+                    stored=None,
+                    cursor_hash=None,
+                    log_hash=found.log_hash,
+                )
+                is not None
+            ):
+                refusal = history_rewritten(project_id, after, found.head)
+                raise ApiError(refusal.code, refusal.message, extra={"seq": after, "stateSeq": found.head})
+        start = read_start(project_id, bounds, after)
         events, next_cursor = await eventlog.read_page(
             conn, project_id, after=start, before=before, limit=limit, where=where, order=order
         )

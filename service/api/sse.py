@@ -27,7 +27,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
 
-from .. import eventlog, logs
+from .. import logs
 from ..auth import InvalidToken, Principal, Verifier
 from ..codes import ErrorCode
 from ..config import Settings
@@ -36,8 +36,8 @@ from ..cursors import AckBuffer
 from ..db import Database
 from ..hub import Hub
 from ..limits import RateLimits
-from ..messages import MAX_SAFE_INTEGER, PROJECT_ID_PATTERN
-from ..session import Connect, FindStart, Refuse, Session
+from ..messages import HASH_PATTERN, MAX_SAFE_INTEGER, PROJECT_ID_PATTERN
+from ..session import Connect, FindStart, Refuse, Session, found_start
 from ..transports import SSETransport, error_event
 from .dependencies import (
     AcksDep,
@@ -57,6 +57,9 @@ logger = logging.getLogger("herald.api.sse")
 
 RETRY_MS = 2000
 MAX_PROJECTS = 100
+# Refusals said on the stream as `event: error` (an EventSource cannot read an HTTP error's body): the
+# client reloads the state and resumes after its seq (§7.4, §7.5).
+RESYNCS = frozenset({ErrorCode.HISTORY_TRUNCATED, ErrorCode.HISTORY_REWRITTEN})
 MAX_SEQ_DIGITS = 18  # docs/protocol.md §7.1: a longer number is refused before it is parsed
 PROJECT_ID = re.compile(PROJECT_ID_PATTERN)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -111,32 +114,38 @@ def parse_vector(text: str, what: str) -> dict[str, int]:
 
 
 async def start_positions(
-    session: Session, client: Client, asked: dict[str, int | None], *, database: Database, acks: AckBuffer
+    session: Session,
+    client: Client,
+    asked: dict[str, int | None],
+    *,
+    database: Database,
+    acks: AckBuffer,
+    hashes: dict[str, str] | None = None,
 ) -> tuple[list[Connect], list[Refuse]]:
     """Run the stream's session until each project has its start (the position asked for, else the
     client's cursor, else the head: the session's rule), before anything streams: a refusal becomes
     the HTTP error of its code (404, 422 `invalid_cursor` beyond the head), an outage 503; except
-    `history_truncated`, returned for the stream to say as `event: error` (an EventSource cannot
-    read the body of an HTTP error)."""
+    `history_truncated` and `history_rewritten` (checked against `hashes`, the afterHash of each
+    project's `after`), returned for the stream to say as `event: error` (an EventSource cannot read
+    the body of an HTTP error)."""
     for project_id, after in asked.items():
-        session.subscribe(project_id, after)
+        session.subscribe(project_id, after, (hashes or {}).get(project_id))
     starts: list[Connect] = []
     truncated: list[Refuse] = []
     async with database.connection() as conn:
         while effects := session.take():
             for effect in effects:
                 if isinstance(effect, FindStart):
-                    bounds = await eventlog.bounds(conn, effect.project_id)
-                    if bounds is None:
-                        session.found(effect.ticket, None, None)
-                        continue
-                    cursor = None
-                    if effect.cursor:
-                        cursor = await acks.cursor(
-                            conn, project_id=effect.project_id, user=client.user, client_id=client.client_id
-                        )
-                    session.found(effect.ticket, bounds.head, cursor, bounds.oldest)
-                elif isinstance(effect, Refuse) and effect.code is ErrorCode.HISTORY_TRUNCATED:
+                    found, cursor = await acks.find_start(
+                        conn,
+                        project_id=effect.project_id,
+                        user=client.user,
+                        client_id=client.client_id,
+                        cursor=effect.cursor,
+                        after=effect.after,
+                    )
+                    found_start(session, effect, found, cursor)
+                elif isinstance(effect, Refuse) and effect.code in RESYNCS:
                     truncated.append(effect)
                 elif isinstance(effect, Refuse):
                     raise ApiError(effect.code, effect.message)
@@ -173,7 +182,13 @@ StreamsDep = Annotated[Streams, Depends(_streams)]
 
 
 async def open_stream(
-    parts: Streams, principal: Principal, client_id: str | None, asked: dict[str, int | None], *, vector: bool
+    parts: Streams,
+    principal: Principal,
+    client_id: str | None,
+    asked: dict[str, int | None],
+    *,
+    vector: bool,
+    hashes: dict[str, str] | None = None,
 ) -> EventSourceResponse:
     for project_id in asked:  # every 403 (and 404 for ids no project can have) before any lookup
         require(principal, "subscribe", project_id)
@@ -198,7 +213,9 @@ async def open_stream(
     hub.add_client(client)
     try:
         session = Session(principal, verify=parts.verify, durable=client_id is not None)
-        starts, truncated = await start_positions(session, client, asked, database=parts.database, acks=parts.acks)
+        starts, truncated = await start_positions(
+            session, client, asked, database=parts.database, acks=parts.acks, hashes=hashes
+        )
     except BaseException:
         hub.disconnect(client)
         raise
@@ -207,7 +224,7 @@ async def open_stream(
     async def events() -> AsyncIterator[ServerSentEvent]:
         try:
             yield ServerSentEvent(retry=RETRY_MS)
-            if truncated:  # §7.4: say which projects, and end; nothing streams from a position that skips
+            if truncated:  # §7.4, §7.5: say which projects, and end; nothing streams from a position that skips
                 for refusal in truncated:
                     event = error_event(refusal.frame())
                     if event is not None:
@@ -248,15 +265,32 @@ async def project_stream(
     parts: StreamsDep,
     client_id: Annotated[str | None, Query(alias="clientId", description="whose durable cursor to resume")] = None,
     after: Annotated[int | None, Query(ge=0, le=MAX_SAFE_INTEGER, description="start after this seq")] = None,
+    after_hash: Annotated[
+        str | None,
+        Query(
+            alias="afterHash",
+            pattern=HASH_PATTERN,
+            description="extension: the hash of the event at `after` as the client has it (§7.5); "
+            "not checked when Last-Event-ID is sent",
+        ),
+    ] = None,
     token: Annotated[str | None, Query(description="the token, for EventSource (no headers)")] = None,
 ) -> EventSourceResponse:
-    """One project's events as SSE (subscribe). Resumes from Last-Event-ID, else `after`, else the
-    cursor of (user, clientId), else the head."""
+    """One project's events as SSE (subscribe). Resumes from Last-Event-ID, else `after` (checked
+    against `afterHash` when given), else the cursor of (user, clientId), else the head."""
     principal = stream_principal(request, parts, token)
+    if after_hash is not None and after is None:
+        raise bad_cursor("afterHash needs the `after` whose event it is")
     last_event_id = request.headers.get("last-event-id")
     if last_event_id is not None:
+        # The browser's own reconnect: the URL still carries the first `after` and its hash, which
+        # name another position than Last-Event-ID; it is the seq that counts, unchecked.
         after = parse_seq(last_event_id, "Last-Event-ID")
-    return await open_stream(parts, principal, checked_client_id(client_id), {project_id: after}, vector=False)
+        after_hash = None
+    hashes = {project_id: after_hash} if after_hash is not None else None
+    return await open_stream(
+        parts, principal, checked_client_id(client_id), {project_id: after}, vector=False, hashes=hashes
+    )
 
 
 @router.get("/api/stream", responses=SSE_RESPONSES, response_class=EventSourceResponse)

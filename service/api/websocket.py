@@ -48,6 +48,7 @@ from ..session import (
     Send,
     Session,
     encode,
+    found_start,
 )
 from ..transports import WebSocketTransport
 from .dependencies import AcksDep, AppenderDep, DatabaseDep, HubDep, SettingsDep, VerifierDep
@@ -151,8 +152,14 @@ class Driver:
                     self.session.ack_checked(ticket, known)
                 else:
                     self._spawn(self._read_head(effect))
-            case Ack(project_id, seq):
-                self.acks.add(project_id=project_id, user=client.user, client_id=client.client_id, seq=seq)
+            case Ack(project_id, seq, hash):
+                self.acks.add(
+                    project_id=project_id,
+                    user=client.user,
+                    client_id=client.client_id,
+                    seq=seq,
+                    hash=None if hash is None else bytes.fromhex(hash),
+                )
             case Connect(project_id, after, head):
                 self.hub.connect(client, project_id, after=after, head=head)
             case Disconnect(project_id):
@@ -169,19 +176,18 @@ class Driver:
     async def _find_start(self, effect: FindStart) -> None:
         try:
             async with self.database.connection() as conn:
-                bounds = await eventlog.bounds(conn, effect.project_id)
-                cursor = None
-                if bounds is not None and effect.cursor:
-                    cursor = await self.acks.cursor(
-                        conn, project_id=effect.project_id, user=self.client.user, client_id=self.client.client_id
-                    )
+                found, cursor = await self.acks.find_start(
+                    conn,
+                    project_id=effect.project_id,
+                    user=self.client.user,
+                    client_id=self.client.client_id,
+                    cursor=effect.cursor,
+                    after=effect.after,
+                )
         except DatabaseUnavailable:
             self.session.unavailable(effect.ticket)
         else:
-            if bounds is None:
-                self.session.found(effect.ticket, None, None)
-            else:
-                self.session.found(effect.ticket, bounds.head, cursor, bounds.oldest)
+            found_start(self.session, effect, found, cursor)
 
     async def _read_head(self, effect: CheckAck) -> None:
         try:

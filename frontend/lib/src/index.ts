@@ -4,7 +4,15 @@
 
 // The client and what it is built from: pass these to `createClient` to change a part.
 export { HeraldClient, createClient, defaults, type ClientEvents, type ClientOptions } from './services/client.js';
-export { HeraldError, HISTORY_TRUNCATED, INVALID_CURSOR, errorOf, type Truncation } from './services/errors.js';
+export {
+  HeraldError,
+  HISTORY_REWRITTEN,
+  HISTORY_TRUNCATED,
+  INVALID_CURSOR,
+  errorOf,
+  type Rewrite,
+  type Truncation,
+} from './services/errors.js';
 export {
   webSocketTransport,
   webSocketUrl,

@@ -28,7 +28,7 @@ import { sseTransport } from './sseTransport.js';
 import { Subscriptions } from './subscription.js';
 import { webSocketTransport, type TransportFactory, type WebSocketConstructor } from './transport.js';
 
-export { HeraldError, HISTORY_TRUNCATED, INVALID_CURSOR } from './errors.js';
+export { HeraldError, HISTORY_REWRITTEN, HISTORY_TRUNCATED, INVALID_CURSOR } from './errors.js';
 
 /** Protocol tunables and their defaults. */
 export const defaults = {
@@ -96,7 +96,8 @@ export interface ClientEvents {
   published: PublishedMessage;
   /**
    * A subscription the service will not resume from this client's position: its history was pruned
-   * below it (`history_truncated`), or the log no longer reaches it (`invalid_cursor`). The
+   * below it (`history_truncated`), its event there is another since a database failover
+   * (`history_rewritten`), or the log no longer reaches it (`invalid_cursor`). The
    * subscription is parked until `resubscribe` (its `error` frame goes to `error` listeners too).
    */
   resync: Resync;

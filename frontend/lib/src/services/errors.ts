@@ -7,6 +7,12 @@ import type { ErrorBody } from '../types/websocket.js';
  * checked against codes.ts's generated list, because the client acts on it.
  */
 export const HISTORY_TRUNCATED = 'history_truncated' satisfies ErrorCode;
+/**
+ * The log's event at the client's position is another than the one the client has (its `afterHash`,
+ * or the hash kept with its durable cursor, differs): the database failed over and reissued that seq
+ * (docs/protocol.md §7.5). The answer carries `seq` (the position) and `stateSeq`.
+ */
+export const HISTORY_REWRITTEN = 'history_rewritten' satisfies ErrorCode;
 /** A position beyond the project's head: the log is not the one the client read (a reset, a restore). */
 export const INVALID_CURSOR = 'invalid_cursor' satisfies ErrorCode;
 
@@ -21,6 +27,19 @@ export function truncationOf(value: unknown): Truncation | null {
   const { oldest, stateSeq } = (typeof value === 'object' && value !== null ? value : {}) as Partial<Truncation>;
   const isSeq = (n: unknown): n is number => Number.isSafeInteger(n) && (n as number) >= 0;
   return isSeq(oldest) && isSeq(stateSeq) ? { oldest, stateSeq } : null;
+}
+
+/** What a `history_rewritten` answer says besides its code: the client's position, and the state's seq. */
+export interface Rewrite {
+  seq: number;
+  stateSeq: number;
+}
+
+/** `seq` and `stateSeq` of an error body or frame, when both are there and are seqs. */
+export function rewriteOf(value: unknown): Rewrite | null {
+  const { seq, stateSeq } = (typeof value === 'object' && value !== null ? value : {}) as Partial<Rewrite>;
+  const isSeq = (n: unknown): n is number => Number.isSafeInteger(n) && (n as number) >= 0;
+  return isSeq(seq) && isSeq(stateSeq) ? { seq, stateSeq } : null;
 }
 
 /**

@@ -3,7 +3,7 @@
 // when attempts fail, back up to the WebSocket in the background, positions carried across every
 // switch (nothing missed, nothing twice), and the state a dashboard shows.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { event, fakePlatform, fakeSockets, fakeTransports, settle } from '../../../tests/fakes.js';
+import { event, fakePlatform, fakeSockets, fakeTransports, hashOf, settle } from '../../../tests/fakes.js';
 import type { TransportKind, WebSocketMessage } from '../types/websocket.js';
 import { HeraldClient, type ClientOptions } from './client.js';
 import { memoryStorage } from './platform.js';
@@ -142,8 +142,8 @@ describe('the fallback ladder', () => {
     expect(client.getState()).toMatchObject({ status: 'connected', transport: 'websocket', pollIntervalMs: null });
     // Every subscription from where it stands; every unanswered publish again.
     expect(ws.last.frames('subscribe')).toEqual([
-      { type: 'subscribe', projectId: 'p1', after: 4 },
-      { type: 'subscribe', projectId: 'p2', after: 8 },
+      { type: 'subscribe', projectId: 'p1', after: 4, afterHash: hashOf(4) },
+      { type: 'subscribe', projectId: 'p2', after: 8, afterHash: hashOf(8) },
     ]);
     expect(ws.last.frames('agent_run_progress').map((frame) => frame.messageId)).toEqual(['m']);
     ws.last.receive({ type: 'subscribed', projectId: 'p1', after: 4, head: 6 });
@@ -180,7 +180,7 @@ describe('the fallback ladder', () => {
     sse.last.accept();
     expect(polling.last.closedWith?.code).toBe(1000);
     expect(client.getState()).toMatchObject({ transport: 'sse', pollIntervalMs: null });
-    expect(sse.last.frames('subscribe')).toEqual([{ type: 'subscribe', projectId: 'p1', after: 2 }]);
+    expect(sse.last.frames('subscribe')).toEqual([{ type: 'subscribe', projectId: 'p1', after: 2, afterHash: hashOf(2) }]);
     // Still below the top: the WebSocket is probed on.
     vi.advanceTimersByTime(500);
     ws.last.accept();

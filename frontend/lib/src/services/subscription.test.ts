@@ -3,7 +3,7 @@
 // resuming from each project's position, order, dedupe, gaps filled from the history, acks, and
 // the parked subscription of a position the service will not resume from.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { connectedClient, event, settle, socketClient } from '../../../tests/fakes.js';
+import { connectedClient, event, hashOf, settle, socketClient } from '../../../tests/fakes.js';
 
 beforeEach(() => {
   vi.useFakeTimers();
@@ -54,8 +54,8 @@ describe('subscriptions', () => {
     vi.advanceTimersByTime(20_000);
     fake.last.accept();
     expect(fake.last.frames('subscribe')).toEqual([
-      { type: 'subscribe', projectId: 'p1', after: 2 },
-      { type: 'subscribe', projectId: 'p2', after: 11 },
+      { type: 'subscribe', projectId: 'p1', after: 2, afterHash: hashOf(2) },
+      { type: 'subscribe', projectId: 'p2', after: 11, afterHash: hashOf(11) },
       { type: 'subscribe', projectId: 'p3' }, // never confirmed: the durable cursor decides
     ]);
     expect(seqs('p1')).toEqual([1, 2]);
@@ -75,7 +75,7 @@ describe('subscriptions', () => {
     fake.last.receive(event('p1', 2));
     expect(fake.last.frames('subscribe')).toEqual([
       { type: 'subscribe', projectId: 'p1' },
-      { type: 'subscribe', projectId: 'p1', after: 1 },
+      { type: 'subscribe', projectId: 'p1', after: 1, afterHash: hashOf(1) },
     ]);
     const received: number[] = [];
     client.on('message', (message) => received.push(message.seq));
@@ -189,8 +189,8 @@ describe('acks', () => {
     expect(fake.last.frames('ack')).toEqual([]);
     vi.advanceTimersByTime(1);
     expect(fake.last.frames('ack')).toEqual([
-      { type: 'ack', projectId: 'p1', seq: 10 },
-      { type: 'ack', projectId: 'p2', seq: 1 },
+      { type: 'ack', projectId: 'p1', seq: 10, hash: hashOf(10) },
+      { type: 'ack', projectId: 'p2', seq: 1, hash: hashOf(1) },
     ]);
     vi.advanceTimersByTime(1000);
     expect(fake.last.frames('ack')).toHaveLength(2);
@@ -201,14 +201,14 @@ describe('acks', () => {
     for (let seq = 1; seq <= 49; seq += 1) fake.last.receive(event('p1', seq));
     expect(fake.last.frames('ack')).toEqual([]);
     fake.last.receive(event('p1', 50));
-    expect(fake.last.frames('ack')).toEqual([{ type: 'ack', projectId: 'p1', seq: 50 }]);
+    expect(fake.last.frames('ack')).toEqual([{ type: 'ack', projectId: 'p1', seq: 50, hash: hashOf(50) }]);
   });
 
   it('flushes on close(), before the socket closes', () => {
     const { client, fake } = subscribedTo('p1');
     fake.last.receive(event('p1', 1));
     client.close();
-    expect(fake.last.frames('ack')).toEqual([{ type: 'ack', projectId: 'p1', seq: 1 }]);
+    expect(fake.last.frames('ack')).toEqual([{ type: 'ack', projectId: 'p1', seq: 1, hash: hashOf(1) }]);
   });
 
   it('acks before unsubscribing', () => {
@@ -216,7 +216,7 @@ describe('acks', () => {
     fake.last.receive(event('p1', 1));
     client.unsubscribe('p1');
     expect(fake.last.sent.slice(-2)).toEqual([
-      { type: 'ack', projectId: 'p1', seq: 1 },
+      { type: 'ack', projectId: 'p1', seq: 1, hash: hashOf(1) },
       { type: 'unsubscribe', projectId: 'p1' },
     ]);
   });
@@ -229,7 +229,7 @@ describe('acks', () => {
     fake.last.accept();
     expect(fake.last.frames('ack')).toEqual([]);
     fake.last.receive({ type: 'subscribed', projectId: 'p1', after: 1, head: 1 });
-    expect(fake.last.frames('ack')).toEqual([{ type: 'ack', projectId: 'p1', seq: 1 }]);
+    expect(fake.last.frames('ack')).toEqual([{ type: 'ack', projectId: 'p1', seq: 1, hash: hashOf(1) }]);
   });
 });
 
@@ -273,7 +273,7 @@ describe('positions the service will not resume from', () => {
     fake.last.drop(1012); // the ack of 1 is pending
     vi.advanceTimersByTime(20_000);
     fake.last.accept();
-    expect(fake.last.frames('subscribe')).toEqual([{ type: 'subscribe', projectId: 'p1', after: 1 }]);
+    expect(fake.last.frames('subscribe')).toEqual([{ type: 'subscribe', projectId: 'p1', after: 1, afterHash: hashOf(1) }]);
     fake.last.receive({ type: 'error', code: 'invalid_cursor', message: 'after 1 is beyond the head 0', ref: 'p1' });
     expect(resyncs).toEqual([{ projectId: 'p1', code: 'invalid_cursor' }]);
     vi.advanceTimersByTime(1000);
@@ -290,5 +290,44 @@ describe('positions the service will not resume from', () => {
     fake.last.receive({ type: 'error', code: 'invalid_cursor', message: 'beyond', ref: 'p2' });
     client.unsubscribe('p2'); // parked: the service holds no subscription to end
     expect(fake.last.frames('unsubscribe').map((frame) => frame.projectId)).toEqual(['p1']);
+  });
+
+  it('sends the hash of the event it resumes after, and parks on history_rewritten with its seq and stateSeq', () => {
+    const { client, fake, seqs } = connectedClient();
+    const resyncs: unknown[] = [];
+    client.on('resync', (resync) => resyncs.push(resync));
+    client.subscribe('p1', { after: 0 });
+    expect(fake.last.frames('subscribe')).toEqual([{ type: 'subscribe', projectId: 'p1', after: 0 }]); // no event: no hash
+    fake.last.receive({ type: 'subscribed', projectId: 'p1', after: 0, head: 3 });
+    for (const seq of [1, 2, 3]) fake.last.receive(event('p1', seq));
+    fake.last.drop(1012); // the ack of 3 is pending
+    vi.advanceTimersByTime(20_000);
+    fake.last.accept();
+    expect(fake.last.frames('subscribe')).toEqual([
+      { type: 'subscribe', projectId: 'p1', after: 3, afterHash: hashOf(3) },
+    ]);
+    fake.last.receive({
+      type: 'error',
+      code: 'history_rewritten',
+      message: 'the log’s event at seq 3 is not the one this client had',
+      ref: 'p1',
+      seq: 3,
+      stateSeq: 5,
+    });
+    expect(resyncs).toEqual([{ projectId: 'p1', code: 'history_rewritten', seq: 3, stateSeq: 5 }]);
+    vi.advanceTimersByTime(1000);
+    expect(fake.last.frames('ack')).toEqual([]); // 3 names an event the service no longer has
+    fake.last.drop(1012);
+    vi.advanceTimersByTime(20_000);
+    fake.last.accept();
+    expect(fake.last.frames('subscribe')).toEqual([]); // parked across reconnects
+
+    client.resubscribe('p1', 5); // after the reloaded state: its seq has no event here, so no hash
+    expect(fake.last.frames('subscribe')).toEqual([{ type: 'subscribe', projectId: 'p1', after: 5 }]);
+    fake.last.receive({ type: 'subscribed', projectId: 'p1', after: 5, head: 5 });
+    fake.last.receive(event('p1', 6));
+    expect(seqs('p1')).toEqual([1, 2, 3, 6]);
+    vi.advanceTimersByTime(1000);
+    expect(fake.last.frames('ack')).toEqual([{ type: 'ack', projectId: 'p1', seq: 6, hash: hashOf(6) }]);
   });
 });

@@ -13,7 +13,7 @@ import type {
   Resync,
   WebSocketMessage,
 } from '../types/websocket.js';
-import { HISTORY_TRUNCATED, INVALID_CURSOR, truncationOf } from './errors.js';
+import { HISTORY_REWRITTEN, HISTORY_TRUNCATED, INVALID_CURSOR, rewriteOf, truncationOf } from './errors.js';
 
 /** What the subscriptions need from the client. */
 export interface SubscriptionHost {
@@ -43,6 +43,12 @@ export class Subscription {
   refs = 1;
   /** The last seq handed to the application (or the start position); null until the service says. */
   position: number | null;
+  /**
+   * The `hash` of the event at `position` as this client has it, sent as `afterHash` so that a log
+   * whose event there differs (a database failover) answers `history_rewritten`; null when the
+   * position was given without its event (a snapshot's seq, the service's start).
+   */
+  positionHash: string | null;
   /** The service confirmed the subscription (`subscribed`) on the current connection. */
   live = false;
   /**
@@ -59,16 +65,18 @@ export class Subscription {
   private failures = 0;
   private readonly owner: Subscriptions;
 
-  constructor(owner: Subscriptions, projectId: string, position: number | null) {
+  constructor(owner: Subscriptions, projectId: string, position: number | null, positionHash: string | null = null) {
     this.owner = owner;
     this.projectId = projectId;
     this.position = position;
+    this.positionHash = position === null ? null : positionHash;
   }
 
   /** Asks the service for the events after this client's position (after the durable cursor without one). */
   sendSubscribe(): void {
     const frame: SubscribeMessage = { type: 'subscribe', projectId: this.projectId };
     if (this.position !== null) frame.after = this.position;
+    if (this.position !== null && this.position > 0 && this.positionHash !== null) frame.afterHash = this.positionHash;
     this.owner.host.send(frame);
   }
 
@@ -94,6 +102,7 @@ export class Subscription {
   resume(after: number): void {
     this.parked = false;
     this.position = after;
+    this.positionHash = null;
     this.restart();
   }
 
@@ -108,6 +117,7 @@ export class Subscription {
     this.failures = 0;
     if (this.position === null) {
       this.position = after;
+      this.positionHash = null;
     } else if (after > this.position && !this.filling) {
       // The service starts past what this client holds (never when it sent `after`): read the gap.
       void this.fill(this.position, after + 1);
@@ -148,6 +158,7 @@ export class Subscription {
 
   private deliver(event: Event): void {
     this.position = event.seq;
+    this.positionHash = event.hash;
     this.owner.delivered(this.projectId, event);
   }
 
@@ -189,10 +200,12 @@ export class Subscriptions {
   private readonly byProject = new Map<string, Subscription>();
   /** The last seq handed over per project, kept across unsubscribes: the next subscribe resumes there. */
   private readonly positions = new Map<string, number>();
+  /** The hash of the event at each of `positions`, when this client had that event. */
+  private readonly positionHashes = new Map<string, string>();
   /** `unsubscribe` frames sent whose `unsubscribed` answer has not come yet, per project. */
   private readonly unsubscribing = new Map<string, number>();
-  /** The highest seq per project handed over and not yet acked. */
-  private readonly acks = new Map<string, number>();
+  /** The highest seq per project handed over and not yet acked, and its event's hash. */
+  private readonly acks = new Map<string, { seq: number; hash: string }>();
   private unacked = 0;
   private ackTimer: ReturnType<typeof setTimeout> | null = null;
 
@@ -212,7 +225,10 @@ export class Subscriptions {
       if (existing.parked && after !== undefined) this.resubscribe(projectId, after);
       return;
     }
-    const subscription = new Subscription(this, projectId, after ?? this.positions.get(projectId) ?? null);
+    const subscription =
+      after === undefined
+        ? new Subscription(this, projectId, this.positions.get(projectId) ?? null, this.positionHashes.get(projectId))
+        : new Subscription(this, projectId, after);
     this.byProject.set(projectId, subscription);
     if (this.host.connected()) subscription.sendSubscribe();
   }
@@ -223,9 +239,9 @@ export class Subscriptions {
     if (subscription === undefined) return;
     subscription.refs -= 1;
     if (subscription.refs > 0) return;
-    const seq = this.acks.get(projectId);
-    if (seq !== undefined && this.host.connected() && subscription.live) {
-      this.host.send({ type: 'ack', projectId, seq });
+    const ack = this.acks.get(projectId);
+    if (ack !== undefined && this.host.connected() && subscription.live) {
+      this.host.send({ type: 'ack', projectId, ...ack });
     }
     this.acks.delete(projectId);
     this.byProject.delete(projectId);
@@ -245,6 +261,7 @@ export class Subscriptions {
     const subscription = this.byProject.get(projectId);
     if (subscription === undefined) return;
     this.positions.set(projectId, after);
+    this.positionHashes.delete(projectId);
     subscription.resume(after);
   }
 
@@ -287,7 +304,8 @@ export class Subscriptions {
 
   /**
    * An `error` frame not about a publish: a subscribe refused as `unavailable` is asked again; one
-   * whose position the service cannot resume from (history_truncated, invalid_cursor) is parked, its
+   * whose position the service cannot resume from (history_truncated, history_rewritten,
+   * invalid_cursor) is parked, its
    * unsent acks dropped (they name seqs of the log it can no longer follow), and `resync` is told.
    * (Over SSE a truncated history comes once the stream has started, so `live` does not matter here.)
    */
@@ -307,6 +325,16 @@ export class Subscriptions {
         oldest: truncation?.oldest ?? null,
         stateSeq: truncation?.stateSeq ?? null,
       });
+    } else if (message.code === HISTORY_REWRITTEN) {
+      subscription.park();
+      this.acks.delete(subscription.projectId);
+      const rewrite = rewriteOf(message);
+      this.host.resync({
+        projectId: subscription.projectId,
+        code: HISTORY_REWRITTEN,
+        seq: rewrite?.seq ?? null,
+        stateSeq: rewrite?.stateSeq ?? null,
+      });
     } else if (message.code === INVALID_CURSOR) {
       subscription.park();
       this.acks.delete(subscription.projectId);
@@ -322,15 +350,16 @@ export class Subscriptions {
   /** A subscription handed `event` over: remembered, told to the application, and to be acked. */
   delivered(projectId: string, event: Event): void {
     this.positions.set(projectId, event.seq);
+    this.positionHashes.set(projectId, event.hash);
     // The service validated `data` against its type's schema when it appended the event.
     this.host.deliver(event as unknown as WebSocketMessage);
-    this.noteAck(projectId, event.seq);
+    this.noteAck(projectId, event.seq, event.hash);
   }
 
   // --- acks -----------------------------------------------------------------------------------------
 
-  private noteAck(projectId: string, seq: number): void {
-    this.acks.set(projectId, seq);
+  private noteAck(projectId: string, seq: number, hash: string): void {
+    this.acks.set(projectId, { seq, hash });
     this.unacked += 1;
     if (this.unacked >= this.options.ackBatchSize) {
       this.flushAcks();
@@ -345,9 +374,10 @@ export class Subscriptions {
     this.ackTimer = null;
     this.unacked = 0;
     if (!this.host.connected()) return;
-    for (const [projectId, seq] of this.acks) {
+    for (const [projectId, ack] of this.acks) {
       if (this.byProject.get(projectId)?.live !== true) continue;
-      this.host.send({ type: 'ack', projectId, seq });
+      // The hash goes with the ack: the service keeps it with the durable cursor (§7.5).
+      this.host.send({ type: 'ack', projectId, ...ack });
       this.acks.delete(projectId);
     }
   }

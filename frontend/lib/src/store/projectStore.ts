@@ -27,7 +27,8 @@ export type Notification = WebSocketMessage<'pr_notification'>;
  * Why the project was reloaded from a fresh snapshot under the user's eyes, shown quietly until
  * dismissed: `history_truncated`, the events after what the store held were pruned (`oldest` is
  * the oldest kept, when the service said); `reset`, the service's log no longer reaches what the
- * store held (its database was reset, or restored from an older backup).
+ * store held (its database was reset, restored from an older backup, or failed over to a standby that
+ * had not received the last events: `history_rewritten`).
  */
 export type Notice = { kind: 'history_truncated'; oldest: number | null } | { kind: 'reset' };
 

@@ -12,6 +12,7 @@ export const ERROR_CODES = [
   'invalid_ack',
   'invalid_cursor',
   'history_truncated',
+  'history_rewritten',
   'invalid_frame',
   'unknown_type',
   'not_subscribed',

@@ -76,11 +76,15 @@ export interface SubscribeOptions {
  * - `history_truncated`: the position is below the oldest event kept (`oldest`): the events between
  *   were pruned. `stateSeq` is the seq of the state snapshot now (docs/protocol.md §7.4); either is
  *   null if the service did not say.
+ * - `history_rewritten`: the project's event at the position (`seq`) is not the one this client
+ *   had: the database failed over to a standby that had not received it, and the seq was reissued
+ *   (docs/protocol.md §7.5). `stateSeq` as above.
  * - `invalid_cursor`: the position is beyond the project's head: the log is not the one this client
  *   read (the database was reset, or restored from an older backup).
  */
 export type Resync =
   | { projectId: string; code: 'history_truncated'; oldest: number | null; stateSeq: number | null }
+  | { projectId: string; code: 'history_rewritten'; seq: number | null; stateSeq: number | null }
   | { projectId: string; code: 'invalid_cursor' };
 
 /** What `useWebSocket()` returns (the seed's UseWebSocketReturn). */

@@ -10,6 +10,10 @@ export interface AckMessage {
   type: 'ack';
   projectId: string;
   seq: number;
+  /**
+   * extension: the `hash` of the event at `seq` as the client has it, kept with the durable cursor (else the log's at the time the ack is written); docs/protocol.md §7.5
+   */
+  hash?: string | null;
 }
 export interface AckRecord {
   user: string;
@@ -127,9 +131,13 @@ export interface ErrorBody {
    */
   oldest?: number | null;
   /**
-   * `history_truncated`: reload the state (at this seq or later), resume after its seq
+   * `history_truncated`, `history_rewritten`: reload the state (at this seq or later), resume after its seq
    */
   stateSeq?: number | null;
+  /**
+   * `history_rewritten`: the client's position where the log's event differs
+   */
+  seq?: number | null;
 }
 export interface ErrorMessage {
   type: 'error';
@@ -141,9 +149,13 @@ export interface ErrorMessage {
    */
   oldest?: number | null;
   /**
-   * `history_truncated`: reload the state (at this seq or later), resume after its seq
+   * `history_truncated`, `history_rewritten`: reload the state (at this seq or later), resume after its seq
    */
   stateSeq?: number | null;
+  /**
+   * `history_rewritten`: the client's position where the log's event differs
+   */
+  seq?: number | null;
 }
 /**
  * An appended event, as it appears everywhere (HTTP bodies, WebSocket frames, SSE `data:`).
@@ -299,6 +311,10 @@ export interface SubscribeMessage {
   type: 'subscribe';
   projectId: string;
   after?: number | null;
+  /**
+   * extension: the `hash` of the event at `after` as the client has it; a log whose event there has another hash answers `history_rewritten` (docs/protocol.md §7.5)
+   */
+  afterHash?: string | null;
 }
 export interface SubscribedMessage {
   type: 'subscribed';
