@@ -15,6 +15,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, db, frames, limits, proxies, resources, runtime
 from .api import audit, http, sse, webhooks, websocket
@@ -22,7 +23,6 @@ from .auth import install_log_redaction
 from .codes import CloseCode
 from .config import Settings
 from .messages import MAX_MESSAGE_BYTES
-from .workers import WorkerHeader
 
 logger = logging.getLogger("herald.app")
 
@@ -70,6 +70,29 @@ def server_config(
         proxy_headers=False,  # forwarded headers are read by proxies.Edge, from HERALD_TRUSTED_PROXIES only
         lifespan="on",
     )
+
+
+WORKER_HEADER = b"x-herald-worker"
+
+
+class WorkerHeader:
+    """ASGI middleware: every HTTP response and every WebSocket handshake names the worker that served it."""
+
+    def __init__(self, app: ASGIApp, *, worker: str) -> None:
+        self.app = app
+        self.header = (WORKER_HEADER, worker.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+
+        async def named(message: Message) -> None:
+            if message["type"] in ("http.response.start", "websocket.accept"):
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, named)
 
 
 def create_app(settings: Settings, *, frontend_dist: Path | None = FRONTEND_DIST, worker: str | None = None) -> FastAPI:

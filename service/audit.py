@@ -58,6 +58,8 @@ def canonical_data(data: Mapping[str, Any]) -> bytes:
         if type(value) is float:
             if value.is_integer() and abs(value) < _SAFE_INTEGER:
                 value = int(value)
+            elif value.is_integer():  # JCS spells these with the shortest digits and zeros, not as ints
+                return rfc8785.dumps(dict(data))
             elif _REPR_LOW <= abs(value) < _REPR_HIGH:
                 value = orjson.Fragment(repr(value))
             else:

