@@ -304,7 +304,11 @@ async def test_the_service_prunes_on_its_schedule_into_its_data_dir(database_url
             file = tmp_path / "archive" / "p" / "p.000000000001-000000000004.ndjson.gz"
             await wait_until(file.exists, timeout(10), "the scheduled prune's archive")
             assert [e["seq"] for e in archived(file)] == [1, 2, 3, 4]
-            assert [e["seq"] for e in await history(client, "p")] == [5, 6]
+            # The archive is whole before the watermark moves (the prune's next step): wait for that too.
+            deadline = asyncio.get_running_loop().time() + timeout(10)
+            while (seqs := [e["seq"] for e in await history(client, "p")]) != [5, 6]:
+                assert asyncio.get_running_loop().time() < deadline, f"the log still reads {seqs}"
+                await asyncio.sleep(0.05)
     finally:
         await stop_server(running, task)
 
