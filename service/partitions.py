@@ -194,27 +194,34 @@ async def drop_below(conn: asyncpg.Connection, project_id: str, oldest: int, kep
         f"ALTER TABLE {name} ADD CONSTRAINT {name}_bound CHECK (project_id = {_literal(project_id)}"
         f" AND seq BETWEEN {first} AND {last})"
     )
-    for attempt in range(SWAP_ATTEMPTS):
-        try:
-            async with conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
-                for p in below:
-                    await conn.execute(f"ALTER TABLE events DETACH PARTITION {p.name}")
-                await conn.execute(f"ALTER TABLE events ATTACH PARTITION {name} {_bounds(project_id, first, last)}")
-                for p in below:
-                    await conn.execute(f"DROP TABLE {p.name}")
-                await conn.execute(
-                    "DELETE FROM log_partitions WHERE project_id = $1 AND first_seq BETWEEN $2 AND $3", project_id,
-                    first, last,
-                )  # fmt: skip
-                await conn.execute(_RECORD, project_id, first, last, name, True)
-            break
-        except asyncpg.LockNotAvailableError:
-            await asyncio.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
-    else:
-        await conn.execute(f"DROP TABLE IF EXISTS {name}")
-        logger.info("the log of %s was busy; its partitions below %d are dropped next time", project_id, oldest)
-        return Dropped(0, 0, 0)
+    # One message of statements, one implicit transaction: the server runs the swap without waiting for this
+    # process between statements, so the log's strongest lock is held for the swap's own milliseconds,
+    # however busy this process is.
+    swap = "; ".join(
+        [
+            *(f"ALTER TABLE events DETACH PARTITION {p.name}" for p in below),
+            f"ALTER TABLE events ATTACH PARTITION {name} {_bounds(project_id, first, last)}",
+            *(f"DROP TABLE {p.name}" for p in below),
+            f"DELETE FROM log_partitions WHERE project_id = {_literal(project_id)}"
+            f" AND first_seq BETWEEN {first} AND {last}",
+            "INSERT INTO log_partitions (project_id, first_seq, last_seq, name, kept)"
+            f" VALUES ({_literal(project_id)}, {first}, {last}, {_literal(name)}, true)",
+        ]
+    )
+    await conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
+    try:
+        for attempt in range(SWAP_ATTEMPTS):
+            try:
+                await conn.execute(swap)
+                break
+            except asyncpg.LockNotAvailableError:
+                await asyncio.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+        else:
+            await conn.execute(f"DROP TABLE IF EXISTS {name}")
+            logger.info("the log of %s was busy; its partitions below %d are dropped next time", project_id, oldest)
+            return Dropped(0, 0, 0)
+    finally:
+        await conn.execute("RESET lock_timeout")
     await conn.execute("DELETE FROM event_ids WHERE project_id = $1 AND seq BETWEEN $2 AND $3", project_id, first, last)
     previously_kept = sum(1 for p in below if p.kept)
     return Dropped(len(below) - previously_kept, rows, kept)
