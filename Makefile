@@ -46,7 +46,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock clients/python/pyproject.to
 # After changing a dependency in pyproject.toml: pin the newest versions that fit, for Python 3.11.
 # Pins already in the lock are kept when they still fit (add --upgrade to move them all).
 lock: $(VENV)/.installed
-	$(PY) -m piptools compile --quiet --strip-extras --extra dev --extra bench --extra embedded \
+	$(PY) -m piptools compile --quiet --strip-extras --extra dev --extra bench --extra embedded --extra nats \
 		--no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
 frontend/node_modules/.installed: frontend/package.json frontend/lib/package.json frontend/package-lock.json

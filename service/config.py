@@ -128,6 +128,13 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
     )
     otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
+    # The wake-up bus (bus.py, docs/scaling.md): unset, every instance LISTENs on the database. Several
+    # Herald deployments may share one NATS server under different prefixes.
+    nats_url: str | None = Field(default=None, validation_alias="HERALD_NATS_URL")
+    nats_prefix: str = Field(default="herald", pattern=r"^[A-Za-z0-9_-]{1,64}$", validation_alias="HERALD_NATS_PREFIX")
+    # false (with the bus only): appends stop NOTIFYing; the relay polls the heads every HERALD_HEAD_POLL_MS.
+    append_notify: bool = Field(default=True, validation_alias="HERALD_APPEND_NOTIFY")
+    head_poll_ms: int = Field(default=10, ge=1, le=10_000, validation_alias="HERALD_HEAD_POLL_MS")
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -158,7 +165,7 @@ class Settings(BaseSettings):
             return [s.strip() for s in value.split(",") if s.strip()]
         return value
 
-    @field_validator("github_webhook_secret", "archive_dir", "otlp_endpoint", mode="before")
+    @field_validator("github_webhook_secret", "archive_dir", "otlp_endpoint", "nats_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         # `GITHUB_WEBHOOK_SECRET=` (docker-compose's default) must disable webhooks, never make an empty
@@ -188,6 +195,15 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "an OTLP endpoint is set (OTEL_EXPORTER_OTLP_ENDPOINT) but the OpenTelemetry SDK is not "
                 "installed: pip install 'herald[otel]', or unset it"
+            )
+        if self.nats_url is not None and importlib.util.find_spec("nats") is None:
+            raise ConfigError(
+                "HERALD_NATS_URL is set but nats-py is not installed: pip install 'herald[nats]', or unset it"
+            )
+        if not self.append_notify and self.nats_url is None:
+            raise ConfigError(
+                "HERALD_APPEND_NOTIFY=false needs HERALD_NATS_URL: without the bus's relay nothing would tell "
+                "the instances that the log moved"
             )
         return self
 

@@ -241,6 +241,9 @@ class Database:
     def __init__(self, pool: asyncpg.Pool, *, timeout: float) -> None:
         self.pool = pool
         self.timeout = timeout
+        # Whether appends NOTIFY: false while the wake-up bus's relay learns the heads by polling them
+        # (HERALD_APPEND_NOTIFY=false and the bus up; bus.py). Every writer of the log asks it.
+        self.notify = True
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:

@@ -251,7 +251,9 @@ WITH next AS (
     ON CONFLICT (project_id, type, subject) DO UPDATE SET seq = excluded.seq
     WHERE project_state.seq < excluded.seq
 )
-SELECT seq, created_at, data::text AS data, hash, pg_notify('{NOTIFY_CHANNEL}', $1 || ':' || seq) FROM event
+SELECT seq, created_at, data::text AS data, hash,
+    CASE WHEN $8::bool THEN pg_notify('{NOTIFY_CHANNEL}', $1 || ':' || seq) END
+FROM event
 """
 
 _EVENT_COLUMNS = "project_id, seq, message_id, type, data::text AS data, created_at, hash"
@@ -264,8 +266,10 @@ async def append(
     type: str,
     data: dict[str, Any],
     message_id: str | None = None,
+    notify: bool = True,
 ) -> tuple[StoredEvent, bool]:
-    """Append one event; returns it and whether it is new.
+    """Append one event; returns it and whether it is new. `notify` False: no NOTIFY (the wake-up bus's
+    relay polls the heads instead, bus.py).
 
     Atomic: the seq, the row, the project state and the NOTIFY commit together or not at all. When the
     connection is in a transaction, the event commits with it (and the caller's transaction stays
@@ -276,7 +280,7 @@ async def append(
     about = subject(type, data)
     before, after = audit.pieces(project_id=project_id, message_id=message_id, type=type, data=data)
     about_json = None if about is None else orjson.dumps(about).decode()
-    args = (project_id, message_id, type, payload, about_json, before, after)
+    args = (project_id, message_id, type, payload, about_json, before, after, notify)
     try:
         row = await _append_row(conn, args)
     except asyncpg.UniqueViolationError as exc:
@@ -374,14 +378,14 @@ WITH new AS (
     WHERE project_state.seq < excluded.seq
 ), notify AS (
     SELECT count(pg_notify('{NOTIFY_CHANNEL}', h.id || ':' || h.head)) AS n
-    FROM unnest($8::text[], $9::bigint[]) AS h(id, head)
+    FROM unnest($8::text[], $9::bigint[]) AS h(id, head) WHERE $11::bool
 )
 SELECT event.project_id, event.seq, event.created_at, event.data, event.hash, notify.n FROM event, notify
 """
 
 
 async def append_many(
-    conn: asyncpg.Connection, appends: Sequence[Append]
+    conn: asyncpg.Connection, appends: Sequence[Append], *, notify: bool = True
 ) -> list[tuple[StoredEvent, bool] | ProjectNotFound]:
     """Append a batch, over any number of projects, in one transaction; per append, in order: the
     event and whether it is new (as `append` returns them), or ProjectNotFound.
@@ -390,10 +394,10 @@ async def append_many(
     in the batch's order, contiguous after the head; the events, heads, project state and NOTIFYs (one
     per project, with its new head) commit together or not at all; a messageId already in the log, or
     earlier in the batch, appends nothing and yields the original event. `data` must be validated.
-    Opens its own transaction: `conn` must not be in one.
+    Opens its own transaction: `conn` must not be in one. `notify` as for `append`.
     """
     try:
-        return await _append_many(conn, appends)
+        return await _append_many(conn, appends, notify)
     except asyncpg.CheckViolationError as exc:
         if not partitions.no_partition(exc):
             raise
@@ -401,11 +405,11 @@ async def append_many(
     for project_id in sorted({a.project_id for a in appends}):
         upto = (await head(conn, project_id) or 0) + sum(1 for a in appends if a.project_id == project_id)
         await partitions.extend(conn, project_id, upto=upto)
-    return await _append_many(conn, appends)
+    return await _append_many(conn, appends, notify)
 
 
 async def _append_many(
-    conn: asyncpg.Connection, appends: Sequence[Append]
+    conn: asyncpg.Connection, appends: Sequence[Append], notify: bool
 ) -> list[tuple[StoredEvent, bool] | ProjectNotFound]:
     results: list[tuple[StoredEvent, bool] | ProjectNotFound | None] = [None] * len(appends)
     async with conn.transaction():
@@ -441,7 +445,9 @@ async def _append_many(
                     column.append(value)
         if fresh:
             moved = sorted({appends[i].project_id for i in fresh.values()})
-            rows = await conn.fetch(_APPEND_MANY, *columns, moved, [heads[p] for p in moved], [chain[p] for p in moved])
+            rows = await conn.fetch(
+                _APPEND_MANY, *columns, moved, [heads[p] for p in moved], [chain[p] for p in moved], notify
+            )
             stored = {(r["project_id"], r["seq"]): r for r in rows}
             new_events: dict[tuple[str, str], StoredEvent] = {}
             for project_id, seq, message_id, type_ in zip(*columns[:4], strict=True):
@@ -465,9 +471,11 @@ def _refused(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, UNAVAILABLE_ERRORS)
 
 
-async def _append_one(conn: asyncpg.Connection, a: Append) -> Outcome:
+async def _append_one(conn: asyncpg.Connection, a: Append, notify: bool) -> Outcome:
     try:
-        return await append(conn, project_id=a.project_id, type=a.type, data=a.data, message_id=a.message_id)
+        return await append(
+            conn, project_id=a.project_id, type=a.type, data=a.data, message_id=a.message_id, notify=notify
+        )
     except ProjectNotFound as exc:
         return exc
     except asyncpg.PostgresError as exc:
@@ -511,8 +519,16 @@ class Appender:
     database refuses fails alone and the others are written.
     """
 
-    def __init__(self, connection: ConnectionFactory, *, max_batch: int = 1000, writers: int = 1) -> None:
+    def __init__(
+        self,
+        connection: ConnectionFactory,
+        *,
+        max_batch: int = 1000,
+        writers: int = 1,
+        notify: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._connection = connection
+        self.notify = notify  # asked at each transaction: whether its appends NOTIFY (bus.py)
         self.max_batch = max_batch
         self.writers = writers  # transactions in flight at once (more was slower here: smaller batches)
         self._queue: list[_Pending] = []
@@ -574,17 +590,18 @@ class Appender:
                     p.future.set_result(outcome)
 
     async def _write(self, appends: list[Append]) -> list[Outcome]:
+        notify = self.notify()
         async with self._connection() as conn:
             if len(appends) > 1:
                 try:
-                    return list(await append_many(conn, appends))
+                    return list(await append_many(conn, appends, notify=notify))
                 except asyncpg.PostgresError as exc:
                     if not _refused(exc):
                         raise
                     # Something in the batch (the project locks rule out a collision with another
                     # appender): find it by appending one by one, so that only it fails.
                     logger.warning("a batch of %d was refused (%s); appending one by one", len(appends), exc)
-            return [await _append_one(conn, a) for a in appends]  # alone: one statement, one round trip
+            return [await _append_one(conn, a, notify) for a in appends]  # alone: one statement, one round trip
 
     async def close(self) -> None:
         """Let the transactions in progress finish (their callers get their answers)."""

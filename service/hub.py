@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .connection import Client, Subscription
@@ -51,6 +51,9 @@ class Hub:
         self.clients: set[Client] = set()
         self._per_user: dict[str, int] = {}  # open connections per user
         self._feeds: dict[str, Feed] = {}
+        # Called when the set of projects with subscribers here changes (the wake-up bus subscribes to
+        # exactly those, bus.py).
+        self.on_projects_changed: Callable[[], None] | None = None
 
     # --- the seed's verbs ------------------------------------------------------------------------
 
@@ -85,6 +88,8 @@ class Hub:
                 on_send=self._on_send,
                 end=self.end,
             )
+            if self.on_projects_changed is not None:
+                self.on_projects_changed()
         sub = Subscription(client, project_id, position=after)
         client.subscriptions[project_id] = sub
         feed.add(sub)
@@ -105,6 +110,8 @@ class Hub:
                 if not feed.subscribers:
                     del self._feeds[pid]
                     feed.close()
+                    if self.on_projects_changed is not None:
+                        self.on_projects_changed()
         if project_id is None and client in self.clients:
             self.clients.discard(client)
             left = self._per_user[client.user] - 1

@@ -52,10 +52,23 @@ class Listener:
         self.reconnects = 0
         self.notifications = 0
         self._conn: asyncpg.Connection | None = None
+        self._nudge = asyncio.Event()  # the connection was lost, or the channels changed
+
+    def listen(self, channels: Mapping[str, Callable[[str], None]]) -> None:
+        """Listen on exactly `channels` from now on (none while a wake-up bus carries them; all again
+        when it fails), then re-read: what was said while neither carried it is read then."""
+        self.channels = channels
+        self._nudge.set()
+
+    def _lost(self, lost: asyncio.Event) -> None:
+        lost.set()
+        self._nudge.set()
 
     def _on_notify(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
         self.notifications += 1
-        self.channels[channel](payload)
+        handler = self.channels.get(channel)
+        if handler is not None:  # not one just given up
+            handler(payload)
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting forever."""
@@ -78,11 +91,7 @@ class Listener:
             attempt = 0
             self._conn = conn
             try:
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                for channel in self.channels:
-                    await conn.add_listener(channel, self._on_notify)
-                self.connected.set()
-                await self.refresh(conn)
+                conn.add_termination_listener(lambda _c, lost=lost: self._lost(lost))
                 await self._watch(conn, lost)
             except UNAVAILABLE_ERRORS as exc:
                 logger.warning("listener connection lost: %s", exc)
@@ -94,15 +103,25 @@ class Listener:
                     conn.terminate()
 
     async def _watch(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
-        """Return when the connection is gone; meanwhile re-read stale projects periodically."""
+        """Return when the connection is gone; meanwhile keep its channels as asked and re-read stale
+        projects periodically. The connection is used by this task alone (asyncpg runs one operation
+        at a time on a connection)."""
         loop = asyncio.get_running_loop()
         next_check = loop.time() + self.check_interval_s
-        while not lost.is_set():
+        listening: set[str] = set()
+        while True:
+            self._nudge.clear()
+            for channel in listening - self.channels.keys():
+                await conn.remove_listener(channel, self._on_notify)
+            for channel in self.channels.keys() - listening:
+                await conn.add_listener(channel, self._on_notify)
+            listening = set(self.channels)
+            self.connected.set()
+            await self.refresh(conn)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), self.safety_interval_s)
+                await asyncio.wait_for(self._nudge.wait(), self.safety_interval_s)
             if lost.is_set() or conn.is_closed():
                 return
-            await self.refresh(conn)
             if loop.time() >= next_check:
                 next_check = loop.time() + self.check_interval_s
                 await conn.fetchval("SELECT 1", timeout=self.connect_timeout_s)

@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .bus import Bus, Relay
 from .eventlog import ConnectionFactory, StoredEvent
 from .hub import Hub
 
@@ -67,6 +68,27 @@ _EVENTS_BYTES = """
 SELECT coalesce(sum(pg_total_relation_size(relid)), pg_total_relation_size('events'::regclass))
 FROM pg_partition_tree('events'::regclass)
 """
+
+
+class _BusCollector(Collector):
+    """The wake-up bus as this process sees it (bus.py): whether it is up, whether this process relays,
+    and the hints it received and published."""
+
+    def __init__(self, bus: Bus, relay: Relay) -> None:
+        self.bus = bus
+        self.relay = relay
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "herald_bus_up", "1 while this process's NATS connection is up", value=self.bus.up.is_set()
+        )
+        yield GaugeMetricFamily(
+            "herald_relay", "1 while this process relays the log's heads to NATS", value=self.relay.relaying.is_set()
+        )
+        yield CounterMetricFamily("herald_bus_hints", "Head hints received from NATS", value=self.bus.hints)
+        yield CounterMetricFamily(
+            "herald_relay_published", "Head hints this process published as the relay", value=self.relay.published
+        )
 
 
 class _LogCollector(Collector):
@@ -159,6 +181,9 @@ class Metrics:
 
     def watch(self, hub: Hub) -> None:
         self.registry.register(_HubCollector(hub))
+
+    def watch_bus(self, bus: Bus, relay: Relay) -> None:
+        self.registry.register(_BusCollector(bus, relay))
 
     def sent(self, event: StoredEvent, reached: int) -> None:
         if reached:

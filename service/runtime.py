@@ -2,9 +2,9 @@
 
 `start` brings up (or joins) the database, migrates it and opens the pool; a `Runtime` then wires
 the delivery machinery: the group commit (eventlog.Appender), the held acks (cursors.AckBuffer), the
-hub, the listener that wakes it (and reloads the token revocations), the heartbeat ticker, the
-metrics, the token verifier and the edge limits. Routes never see the Runtime: they get the one part
-they use (api/dependencies.py).
+hub, the listener that wakes it (and reloads the token revocations), the wake-up bus and its relay
+when NATS is configured (bus.py), the heartbeat ticker, the metrics, the token verifier and the edge
+limits. Routes never see the Runtime: they get the one part they use (api/dependencies.py).
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from . import auth, db, eventlog, partitions, retention, state, traces
+from .bus import Bus, Relay
 from .codes import CloseCode
 from .config import Settings
 from .connection import keep_alive
@@ -42,6 +44,8 @@ class Runtime:
     appender: eventlog.Appender = field(init=False)
     acks: AckBuffer = field(init=False)
     listener: Listener = field(init=False)
+    bus: Bus | None = field(init=False, default=None)
+    relay: Relay | None = field(init=False, default=None)
     metrics: Metrics = field(init=False)
     verifier: auth.Verifier = field(init=False)
     http_limits: RateLimits = field(init=False)
@@ -55,24 +59,52 @@ class Runtime:
         self.metrics = Metrics()
         self.hub = Hub(connection, on_send=self.metrics.sent, outbox_bytes=settings.ws_outbox_bytes)
         self.metrics.watch(self.hub)
-        self.appender = eventlog.Appender(connection)
+        self.appender = eventlog.Appender(connection, notify=lambda: self.database.notify)
         self.acks = AckBuffer(connection)
         self.verifier = auth.Verifier(settings.verification_secrets(), max_ttl_s=settings.token_max_ttl_s)
         self.http_limits = RateLimits(settings.http_rate, settings.http_burst)
         self.batch_gates = Gates(width=2)
-        self.listener = Listener(
-            self.database_url,
-            channels={eventlog.NOTIFY_CHANNEL: self._wake, auth.REVOCATIONS_CHANNEL: self._revocations_changed},
-            refresh=self._refresh,
-        )
+        self.listener = Listener(self.database_url, channels=self._channels(), refresh=self._refresh)
+        if settings.nats_url is not None:
+            self.bus = Bus(
+                settings.nats_url,
+                prefix=settings.nats_prefix,
+                watched=self.hub.projects,
+                on_head=self._wake_project,
+                on_revocations=lambda: self._revocations_changed(""),
+                on_state=self._bus_state,
+            )
+            self.hub.on_projects_changed = self.bus.retune
+            self.relay = Relay(
+                self.database_url,
+                self.bus,
+                events_channel=eventlog.NOTIFY_CHANNEL,
+                revocations_channel=auth.REVOCATIONS_CHANNEL,
+                poll_s=None if settings.append_notify else settings.head_poll_ms / 1000,
+            )
+            self.metrics.watch_bus(self.bus, self.relay)
+
+    def _channels(self) -> dict[str, Callable[[str], None]]:
+        return {eventlog.NOTIFY_CHANNEL: self._wake, auth.REVOCATIONS_CHANNEL: self._revocations_changed}
+
+    async def _bus_state(self, up: bool) -> None:
+        """The bus came up (its subscriptions in place) or went down: stop or start listening on the
+        database, which re-reads every watched project either way. Where the relay polls (appends
+        without NOTIFY), this process's appends NOTIFY again while its bus is down, for the instances
+        listening meanwhile."""
+        self.listener.listen({} if up else self._channels())
+        if not self.settings.append_notify:
+            self.database.notify = not up
 
     # --- what the listener hears -----------------------------------------------------------------
 
     def _wake(self, payload: str) -> None:
         """`project:seq`: the project's log reached seq; its feed reads what it has not delivered."""
-        started = traces.now()
         project_id, _, seq = payload.rpartition(":")
-        head = int(seq) if seq.isdigit() else None
+        self._wake_project(project_id, int(seq) if seq.isdigit() else None)
+
+    def _wake_project(self, project_id: str, head: int | None) -> None:
+        started = traces.now()
         traces.notify(project_id, head, self.hub.wake(project_id, head), started)
 
     def _revocations_changed(self, payload: str) -> None:
@@ -109,7 +141,9 @@ class Runtime:
 
     def start_background(self) -> None:
         heartbeat_s = self.settings.heartbeat_ms / 1000
+        extra = [] if self.bus is None or self.relay is None else [self.bus.run(), self.relay.run()]
         for coro in (
+            *extra,
             self.listener.run(),
             self.acks.run(),
             keep_alive(self.hub.clients, heartbeat_s),

@@ -345,7 +345,13 @@ LIMIT 1
 
 
 async def append_once(
-    conn: asyncpg.Connection, *, delivery: Delivery, project_id: str, type: str, data: dict[str, Any]
+    conn: asyncpg.Connection,
+    *,
+    delivery: Delivery,
+    project_id: str,
+    type: str,
+    data: dict[str, Any],
+    notify: bool = True,
 ) -> Appended:
     """Append the delivery's event to `project_id`, unless this delivery was appended before.
 
@@ -366,7 +372,7 @@ async def append_once(
             event = await eventlog.get_by_message_id(conn, row["project_id"], original.message_id)
             return Appended(row["project_id"], event.seq if event else None, original.message_id, duplicate=True)
         stored, created = await eventlog.append(
-            conn, project_id=project_id, type=type, data=data, message_id=delivery.message_id
+            conn, project_id=project_id, type=type, data=data, message_id=delivery.message_id, notify=notify
         )
     return Appended(project_id, stored.seq, delivery.message_id, duplicate=not created)
 

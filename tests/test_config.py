@@ -27,6 +27,18 @@ def test_secret_rules(tmp_path: Path) -> None:
     assert load_settings(database_url="postgresql://x@localhost/db", secret=GOOD, data_dir=tmp_path).secret == GOOD
 
 
+def test_bus_settings(tmp_path: Path) -> None:
+    """NOTIFY-free appends need the bus (nothing else would wake the instances); a prefix that is not one
+    NATS token is refused; a blank HERALD_NATS_URL means no bus."""
+    with pytest.raises(ConfigError, match="HERALD_APPEND_NOTIFY=false needs HERALD_NATS_URL"):
+        load_settings(data_dir=tmp_path, append_notify=False)
+    with pytest.raises(ConfigError, match=r"HERALD_NATS_PREFIX|nats_prefix"):
+        load_settings(data_dir=tmp_path, nats_url="nats://127.0.0.1:4222", nats_prefix="a.b")
+    assert load_settings(data_dir=tmp_path, nats_url=" ").nats_url is None
+    s = load_settings(data_dir=tmp_path, nats_url="nats://127.0.0.1:4222", append_notify=False)
+    assert (s.nats_prefix, s.append_notify, s.head_poll_ms) == ("herald", False, 10)
+
+
 def test_embedded_secret_is_generated_once(tmp_path: Path) -> None:
     """With the embedded default and no secret, one is generated into the data dir, owner-only, and kept."""
     settings = load_settings(data_dir=tmp_path, secret=None, database_url=None)

@@ -363,7 +363,7 @@ async def publish_batch(
         # At most two batches per project at once: a project whose row is locked elsewhere holds two
         # pooled connections waiting for it, not the pool (the rest are answered busy).
         async with gates.hold(project_id, database.timeout), database.connection() as conn:
-            outcomes = await eventlog.append_many(conn, appends)  # one transaction: all or none
+            outcomes = await eventlog.append_many(conn, appends, notify=database.notify)  # one transaction: all or none
     except ConnectionLost as exc:
         raise outcome_unknown([a.message_id for a in appends], batch=True) from exc
     results = []

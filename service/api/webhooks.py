@@ -127,7 +127,7 @@ async def github(request: Request, settings: SettingsDep, database: DatabaseDep)
                 f"project {hook.project_id!r} takes deliveries at /webhooks/github/{hook.project_id} "
                 "(signed with its own secret) only; nothing was written",
             )
-        return await _append(conn, delivery, hook.project_id, event, type, data)
+        return await _append(conn, delivery, hook.project_id, event, type, data, notify=database.notify)
 
 
 @router.post("/webhooks/github/{project_id}", **_OPENAPI)
@@ -153,7 +153,7 @@ async def github_for_project(project_id: str, request: Request, database: Databa
             field="payload.repository.full_name",
         )
     async with database.connection() as conn:
-        return await _append(conn, delivery, project_id, event, type, data)
+        return await _append(conn, delivery, project_id, event, type, data, notify=database.notify)
 
 
 async def _signed(request: Request, secret: str) -> tuple[webhooks.Delivery, str, dict[str, Any]]:
@@ -184,10 +184,19 @@ def _mapped(event: str, payload: dict[str, Any]) -> tuple[str | None, Any, str]:
 
 
 async def _append(
-    conn: Any, delivery: webhooks.Delivery, project_id: str, event: str, type: str, data: dict[str, Any]
+    conn: Any,
+    delivery: webhooks.Delivery,
+    project_id: str,
+    event: str,
+    type: str,
+    data: dict[str, Any],
+    *,
+    notify: bool,
 ) -> Response:
     try:
-        result = await webhooks.append_once(conn, delivery=delivery, project_id=project_id, type=type, data=data)
+        result = await webhooks.append_once(
+            conn, delivery=delivery, project_id=project_id, type=type, data=data, notify=notify
+        )
     except eventlog.ProjectNotFound:
         return _answer("ignored", f"project {project_id!r} is gone; nothing was written")
     fields: dict[str, Any] = {"projectId": result.project_id, "seq": result.seq, "messageId": result.message_id}
