@@ -89,11 +89,14 @@ class Found:
 # The project's bounds, the client's stored cursor (when $5) and the chain's hash at the position to check
 # ($4, else the cursor's seq): at the head the project's row has it (last_hash); elsewhere one probe of the
 # log's primary key (none for a pruned event: nothing to compare).
+# The event is named by `project_id = $1`, not by the outer row's id: the planner prunes the log's partitions
+# only by what it knows when planning, and locks every partition it kept, so a correlated `p.id` would lock
+# every partition of every project (and a few subscribes at once would exhaust the server's lock table).
 _FIND_START = """
 SELECT p.head, p.oldest, c.seq AS cursor, c.hash AS cursor_hash,
     CASE WHEN at.seq IS NULL OR at.seq <= 0 OR at.seq > p.head THEN NULL
          WHEN at.seq = p.head THEN p.last_hash
-         ELSE (SELECT e.hash FROM events e WHERE e.project_id = p.id AND e.seq = at.seq)
+         ELSE (SELECT e.hash FROM events e WHERE e.project_id = $1 AND e.seq = at.seq)
     END AS log_hash
 FROM projects p
 LEFT JOIN cursors c ON $5 AND c.project_id = p.id AND c."user" = $2 AND c.client_id = $3
@@ -132,7 +135,9 @@ class CursorRow:
 # re-ack of the same seq keeps the first one, even if a failover has reissued that seq since): lock the
 # cursors that exist (in key order, so two flushes sharing cursors wait rather than deadlock), move each
 # to max(cursor, seq) unless seq is beyond the head (refused on arrival; the check stays as a guard), and
-# write an ack_ledger row for each cursor that moved or was created, with its new seq. Locking first makes
+# write an ack_ledger row for each cursor that moved or was created, with its new seq. The log's hash is read
+# with `project_id = ANY($1)` beside the correlated match, so that planning prunes the log to the partitions
+# of the acked projects (as _FIND_START explains). Locking first makes
 # "moved" exact: `before` holds each cursor as it is when this statement owns it, even when another
 # instance's flush committed a move of it meanwhile. The INSERT reads `before`, so its rows are locked
 # before any is written.
@@ -148,7 +153,8 @@ WITH acked AS (
 ), moved AS (
     INSERT INTO cursors AS c (project_id, "user", client_id, seq, updated_at, hash)
     SELECT a.project_id, a."user", a.client_id, a.seq, now(),
-        COALESCE(a.hash, (SELECT e.hash FROM events e WHERE e.project_id = a.project_id AND e.seq = a.seq))
+        COALESCE(a.hash, (SELECT e.hash FROM events e
+                          WHERE e.project_id = ANY($1::text[]) AND e.project_id = a.project_id AND e.seq = a.seq))
     FROM acked a JOIN projects p ON p.id = a.project_id AND p.head >= a.seq
     LEFT JOIN before b USING (project_id, "user", client_id)
     ORDER BY a.project_id, a."user", a.client_id

@@ -20,7 +20,7 @@ import pytest
 
 from service import db, partitions
 from service.config import Settings
-from tests.conftest import RunningServer, make_settings, scratch_database, timeout
+from tests.conftest import RunningServer, make_settings, scratch_database, start_server, stop_server, timeout
 from tests.helpers import RUN, cli, create, open_client, seqs_of
 
 PARTITION = 1000
@@ -323,3 +323,50 @@ async def test_pruning_while_100_clients_stream_and_producers_publish_loses_noth
                 await conn.close()
     finally:
         await stop_server(running, task)
+
+
+async def test_resumes_and_acks_on_a_log_of_many_projects_lock_only_their_own_partitions(
+    database_url: str, tmp_path: Path
+) -> None:
+    """An operator's log of 300 projects (300 partitions or more): 60 clients resume by cursor and ack
+    at once, through a pool of 40 connections. A statement that read an event through a correlated
+    subquery locked every partition of every project (PostgreSQL cannot prune what a subquery decides):
+    a few such subscribes at once exhausted the server's lock table ("out of shared memory") and the
+    subscribes failed. Each must lock its own project's partitions only, and every subscribe and ack
+    must succeed."""
+    server, task = await start_server(make_settings(database_url, tmp_path, partition_events=PARTITION, pool_size=40))
+    client = httpx.AsyncClient(base_url=server.base_url, headers=server.headers(), timeout=timeout(30))
+    try:
+        await resume_many(server, client)
+    finally:
+        await client.aclose()
+        await stop_server(server, task)
+
+
+async def resume_many(server: RunningServer, client: httpx.AsyncClient) -> None:
+    projects = [f"many-{i}" for i in range(300)]
+    for start in range(0, len(projects), 5):  # creating a project attaches its partitions: a few at once
+        await asyncio.gather(*(create(client, p) for p in projects[start : start + 5]))
+    for p in projects[:60]:
+        assert (await client.post(f"/api/projects/{p}/events", json=progress(1))).status_code == 201
+    conn = await connect(server)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM log_partitions") >= len(projects)
+    finally:
+        await conn.close()
+
+    async def resume(i: int, acked: bool) -> dict[str, Any]:
+        ws = await open_client(server, client_id=f"c{i}")
+        try:
+            answer = await ws.subscribe(projects[i]) if acked else await ws.subscribe(projects[i], after=0)
+            if not acked:
+                await ws.events(projects[i], 1)
+                await ws.send(type="ack", projectId=projects[i], seq=1)
+            return answer
+        finally:
+            await ws.ws.close()
+
+    first = await asyncio.gather(*(resume(i, acked=False) for i in range(60)))
+    again = await asyncio.gather(*(resume(i, acked=True) for i in range(60)))  # from the cursors the acks left
+    assert all(a["type"] == "subscribed" for a in first + again)
+    assert [a["after"] for a in again] == [1] * 60
