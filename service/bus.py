@@ -28,7 +28,7 @@ from typing import Any
 
 import asyncpg
 
-from .db import UNAVAILABLE_ERRORS, asyncpg_dsn
+from .db import UNAVAILABLE_ERRORS, Database, DatabaseUnavailable
 
 logger = logging.getLogger("herald.bus")
 
@@ -36,7 +36,6 @@ logger = logging.getLogger("herald.bus")
 # another NATS prefix, HERALD_NATS_PREFIX). The number spells "herald".
 RELAY_LOCK = 0x68_65_72_61_6C_64
 RELAY_RETRY_S = 1.0  # how often a standby instance tries the lock: the failover time, at most
-APPLICATION_NAME = "herald relay"
 
 
 def head_subject(prefix: str, project_id: str) -> str:
@@ -217,7 +216,7 @@ class Relay:
 
     def __init__(
         self,
-        url: str,
+        database: Database,
         bus: Bus,
         *,
         events_channel: str,
@@ -225,7 +224,7 @@ class Relay:
         poll_s: float | None = None,
         retry_s: float = RELAY_RETRY_S,
     ) -> None:
-        self.dsn = asyncpg_dsn(url)
+        self.database = database
         self.bus = bus
         self.events_channel = events_channel
         self.revocations_channel = revocations_channel
@@ -238,38 +237,46 @@ class Relay:
         self._kick = asyncio.Event()
 
     async def run(self) -> None:
-        """Until cancelled: while the bus is up, hold the lock or try for it every `retry_s`."""
+        """Until cancelled: while the bus is up, try the lock every `retry_s` on a pooled connection, and
+        keep that connection while holding it. An instance that does not relay holds no connection for
+        it; the relay holds one of its pool's."""
         while True:
             await self.bus.up.wait()
             try:
-                conn = await asyncpg.connect(
-                    self.dsn, timeout=5, command_timeout=5, server_settings={"application_name": APPLICATION_NAME}
-                )
-            except Exception as exc:
-                logger.warning("relay: cannot connect (%s)", exc)
-                await asyncio.sleep(self.retry_s)
-                continue
-            try:
-                while self.bus.up.is_set() and not conn.is_closed():
+                async with self.database.connection() as conn:
                     if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
-                        await self._relay(conn)
-                        break
-                    await asyncio.sleep(self.retry_s)
-            except UNAVAILABLE_ERRORS as exc:
-                logger.warning("relay: connection lost (%s)", exc)
+                        try:
+                            await self._relay(conn)
+                        finally:
+                            if not conn.is_closed():  # back to the pool without the lock or the LISTENs
+                                await conn.execute("UNLISTEN *; SELECT pg_advisory_unlock_all()")
+            except DatabaseUnavailable as exc:
+                logger.warning("relay: %s", exc)
+            except UNAVAILABLE_ERRORS as exc:  # lost while relaying
+                logger.warning("relay: %s", exc)
             finally:
                 if self.relaying.is_set():
                     logger.info("relay: no longer relaying")
                 self.relaying.clear()
-                with contextlib.suppress(Exception):
-                    conn.terminate()  # the lock goes with the session
+            await asyncio.sleep(self.retry_s)
 
     async def _relay(self, conn: asyncpg.Connection) -> None:
         lost = asyncio.Event()
-        conn.add_termination_listener(lambda _c: lost.set())
-        await conn.add_listener(self.revocations_channel, self._on_revocations)
-        if self.poll_s is None:
-            await conn.add_listener(self.events_channel, self._on_notify)
+        on_lost = lambda _c: lost.set()  # noqa: E731
+        conn.add_termination_listener(on_lost)
+        try:
+            await conn.add_listener(self.revocations_channel, self._on_revocations)
+            if self.poll_s is None:
+                await conn.add_listener(self.events_channel, self._on_notify)
+            await self._relay_on(conn, lost)
+        finally:
+            conn.remove_termination_listener(on_lost)
+            with contextlib.suppress(Exception):
+                await conn.remove_listener(self.revocations_channel, self._on_revocations)
+                if self.poll_s is None:
+                    await conn.remove_listener(self.events_channel, self._on_notify)
+
+    async def _relay_on(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
         self.relaying.set()
         logger.info("relay: this instance relays the log's heads to NATS")
         # Whatever was appended while no one relayed: every head once (the instances re-read on it).

@@ -76,7 +76,7 @@ class Runtime:
             )
             self.hub.on_projects_changed = self.bus.retune
             self.relay = Relay(
-                self.database_url,
+                self.database,
                 self.bus,
                 events_channel=eventlog.NOTIFY_CHANNEL,
                 revocations_channel=auth.REVOCATIONS_CHANNEL,
