@@ -250,6 +250,11 @@ class Database:
         """A pooled connection for the length of the block."""
         try:
             conn = await self.pool.acquire(timeout=self.timeout)
+        except TimeoutError as exc:
+            if self.pool.get_size() >= self.pool.get_max_size() and self.pool.get_idle_size() == 0:
+                # Every connection was in use the whole time: the database answers, this process is busy.
+                raise DatabaseBusy(f"no pooled connection was free within {self.timeout:g} s") from exc
+            raise DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
         except Exception as exc:  # any failure to connect (refused, shutting down, not accepting, ...)
             raise DatabaseUnavailable(str(exc) or type(exc).__name__) from exc
         try:

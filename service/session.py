@@ -423,13 +423,15 @@ class Session:
             self._emit(Ack(pid, seq, request.hash))
         self._advance()
 
-    def unavailable(self, ticket: int) -> None:
-        """The database could not answer `FindStart(ticket)` or `CheckAck(ticket)`."""
+    def unavailable(self, ticket: int, *, busy: bool = False) -> None:
+        """The database could not answer `FindStart(ticket)` or `CheckAck(ticket)`: unreachable, or
+        (`busy`) reachable but not in time (no pooled connection free, a lock, a statement timeout)."""
         request = self._take_request(ticket)
+        why = "busy" if busy else "unreachable"
         if isinstance(request, _Subscribe):
-            self._refuse(ErrorCode.UNAVAILABLE, "the database is unreachable; retry", request.project_id)
+            self._refuse(ErrorCode.UNAVAILABLE, f"the database is {why}; retry", request.project_id)
         elif isinstance(request, AckMessage):
-            self._refuse(ErrorCode.UNAVAILABLE, "the database is unreachable; ack again", request.project_id)
+            self._refuse(ErrorCode.UNAVAILABLE, f"the database is {why}; ack again", request.project_id)
         self._advance()
 
     # --- outputs ---------------------------------------------------------------------------------

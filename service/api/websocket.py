@@ -29,7 +29,7 @@ from ..auth import InvalidToken, Principal, Verifier
 from ..codes import CloseCode
 from ..connection import Client, Outbox
 from ..cursors import AckBuffer
-from ..db import Database, DatabaseUnavailable
+from ..db import Database, DatabaseBusy, DatabaseUnavailable
 from ..eventlog import Appender
 from ..hub import Hub
 from ..limits import RateLimit
@@ -184,8 +184,8 @@ class Driver:
                     cursor=effect.cursor,
                     after=effect.after,
                 )
-        except DatabaseUnavailable:
-            self.session.unavailable(effect.ticket)
+        except DatabaseUnavailable as exc:
+            self.session.unavailable(effect.ticket, busy=isinstance(exc, DatabaseBusy))
         else:
             found_start(self.session, effect, found, cursor)
 
@@ -193,8 +193,8 @@ class Driver:
         try:
             async with self.database.connection() as conn:
                 head = await eventlog.head(conn, effect.project_id)
-        except DatabaseUnavailable:
-            self.session.unavailable(effect.ticket)
+        except DatabaseUnavailable as exc:
+            self.session.unavailable(effect.ticket, busy=isinstance(exc, DatabaseBusy))
         else:
             self.session.ack_checked(effect.ticket, head)
 

@@ -238,3 +238,28 @@ async def test_database_outage_over_the_socket(
     assert {m["type"] for m in messages} == {"published", "agent_run_progress"}
     assert all(m.get("seq") == 1 for m in messages)
     await ws.ws.close()
+
+
+async def test_a_busy_pool_is_answered_busy_not_unreachable(database_url: str, tmp_path: Any) -> None:
+    """When every pooled connection stays in use past the timeout (a burst of thousands of subscribes on a
+    small pool), the subscribe is answered `unavailable` saying the database is busy, not unreachable: the
+    operator looks at the pool and the load, not at the network; the connection stays open and a retry
+    succeeds once a connection is free."""
+    server, task = await start_server(make_settings(database_url, tmp_path, pool_size=1, db_timeout_s=1.0))
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url, headers=server.headers()) as http:
+            await create(http, "p")
+        ws = await open_client(server)
+        pool = server.app_runtime().database.pool
+        held = await pool.acquire()
+        try:
+            await ws.send(type="subscribe", projectId="p")
+            error = await ws.expect("error", wait=10)
+            assert (error["code"], error["ref"]) == ("unavailable", "p")
+            assert "busy" in error["message"] and "unreachable" not in error["message"], error
+        finally:
+            await pool.release(held)
+        assert (await ws.subscribe("p"))["type"] == "subscribed"
+        await ws.ws.close()
+    finally:
+        await stop_server(server, task)
