@@ -101,6 +101,8 @@ bench: setup bench/client/node_modules/.installed
 	$(PY) bench/audit.py read
 	$(PY) bench/audit_queries.py
 	$(PY) bench/retention.py --sides $(RETENTION_SIDES)
+	$(PY) bench/scale.py
+	$(PY) bench/heads.py
 	$(PY) bench/report.py
 
 clean:

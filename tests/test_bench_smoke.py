@@ -8,6 +8,7 @@ directory, and needs Node and bench/client's packages (`make test` installs them
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -206,3 +207,44 @@ def test_retention_prunes_a_log_on_each_side(pg_url: str, tmp_path: Path) -> Non
     for run in doc["runs"]:
         assert run["pruned"]["first"] == 1 and run["pruned"]["last"] == 2900 and run["pruneS"] > 0
         assert run["bytesBefore"] > 0 and run["partitioned"]
+
+
+def test_scale_runs_every_wake_side_by_side(pg_url: str, tmp_path: Path) -> None:
+    """bench/scale.py: one and two instances woken by LISTEN, the NATS bus and NOTIFY-free appends, then one
+    process against two workers: every run appends without a failure and delivers every event without a gap."""
+    if shutil.which("nats-server") is None and not Path("/usr/sbin/nats-server").exists():
+        pytest.skip("no nats-server binary here: bench/scale.py measures the bus against a real NATS server")
+    doc = bench(
+        "scale.py", "--instances", "1,2", "--duration", "1", "--clients-per-instance", "3", "--rate", "10",
+        "--workers-clients", "20", pg_url=pg_url, results=tmp_path, seconds=420,
+    )  # fmt: skip
+    wakes = [(r["instances"], r["wake"]) for r in doc["runs"] if "wake" in r]
+    assert wakes == [(n, w) for n in (1, 2) for w in ("listen", "nats", "notify-free")]
+    assert [r["workers"] for r in doc["runs"] if "workers" in r] == [1, 2]
+    for run in doc["runs"]:
+        latency = run.get("latency", run)
+        assert latency["deliveredRatio"] == 1 and latency["gaps"] == 0, run
+        if "durable" in run:
+            durable = run["durable"]
+            assert durable["failed"] == 0 and durable["logContiguous"] and durable["acksMatchLog"], run
+            assert run["durable"]["eventsPerS"] > 0
+
+
+def test_heads_learns_every_head_each_way(tmp_path: Path) -> None:
+    """bench/heads.py: on its own server, at each wal_level, the relay learns every appended head by polling,
+    by logical decoding (pgoutput) and by LISTEN; the NOTIFY floor runs with and without listeners."""
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "heads.py"), "--duration", "1", "--rate", "50", "--writers", "2",
+         "--listeners", "0,2", "--results", str(tmp_path)],
+        capture_output=True, text=True, timeout=timeout(300), cwd=BENCH,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = json.loads((tmp_path / "heads.json").read_text())["runs"]
+    assert [r["wal_level"] for r in rows] == ["replica", "logical"]
+    assert [w["way"] for w in rows[1]["learn"]] == ["decoding", "poll", "listen"]
+    assert [n["listeners"] for n in rows[0]["notify"]] == [0, 2]
+    assert all(n["transactionsPerS"] > 0 for n in rows[0]["notify"]) and rows[0]["notify"][1]["heard"] > 0
+    for row in rows:
+        assert row["durable"]["eventsPerS"] > 0
+        for way in row["learn"]:
+            assert way["learned"] == way["events"] == 50, way

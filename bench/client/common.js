@@ -137,6 +137,9 @@ export const TARGETS = {
         client.ws.send(JSON.stringify({ type: "pong", ts: msg.ts }));
       } else if (msg.type === "error") {
         client.errors.push(msg);
+        if (client.errors.length === 1) console.error(`client ${client.i}: ${buf.toString().slice(0, 300)}`);
+        // A refused subscribe must not hold the run forever: the client counts as ready, its events as missing.
+        if (msg.ref === undefined || client.projects.includes(msg.ref)) client.ready();
       }
       return false;
     },
