@@ -16,7 +16,7 @@ AUDIT_SIDES ?= without=2ccc651,chain=8ef3d25,now=.
 # bench/retention.py: the last commit with a flat events table, and this tree (partitioned).
 RETENTION_SIDES ?= flat=e7bf7a8,partitioned=.
 
-.PHONY: run test test-python test-frontend check setup clean help bench lock
+.PHONY: run test test-python test-frontend check setup clean help bench lock nats-server
 
 help:
 	@echo "make run    set up everything and start Herald with its dashboard on an embedded PostgreSQL"
@@ -67,7 +67,7 @@ frontend/dist/index.html: frontend/node_modules/.installed $(FRONTEND_SOURCES)
 	cd frontend && $(NPM) run build
 
 # The built dashboard first: tests/test_packaging.py builds the wheel, which carries it.
-test-python: $(VENV)/.installed frontend/dist/index.html tests/fixtures/node_modules/.installed bench/client/node_modules/.installed
+test-python: $(VENV)/.installed frontend/dist/index.html tests/fixtures/node_modules/.installed bench/client/node_modules/.installed nats-server
 	$(PY) -m ruff check service tests migrations bench clients
 	$(PY) -m mypy
 	$(PY) -m pytest
@@ -85,6 +85,17 @@ $(CHROMIUM):
 	fi
 	apt-get update
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+
+# Debian's nats-server for the wake-up bus tests (tests/test_bus.py starts its own on a free port). Without it,
+# and without root to install it, those tests are skipped, saying so: the bus is proven against a real server only.
+nats-server:
+	@if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nats-server; \
+		else \
+			echo "nats-server is missing and installing it needs root (apt-get install -y nats-server): the bus tests will be skipped" >&2; \
+		fi; \
+	fi
 
 # Outside `make test`: minutes of full load. Results in bench/results/, rendered into docs/benchmarks.md.
 BENCH_MINUTES ?= 10
