@@ -4,7 +4,6 @@
 // and the events it missed pruned (history_truncated). Either way the store reloads the snapshot,
 // resubscribes after its seq, shows its notice, and then gets every new event exactly once.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import WebSocket from 'ws';
 import {
   HeraldClient,
   createProjectStore,
@@ -18,7 +17,7 @@ import {
   type TransportKind,
 } from '@herald/client';
 import { fakePlatform } from './fakes';
-import { Service, until } from './service';
+import { Service, redirect, until } from './service';
 
 /** The service the test starts with, and another with a fresh database behind the same address. */
 let first: Service;
@@ -51,14 +50,8 @@ async function stateOf(service: Service, projectId: string): Promise<ProjectStat
  * (switching it is the database behind the address changing), with a network the test turns off.
  */
 function session(kind: TransportKind, target: { service: Service }) {
-  const rewrite = (url: string) => url.replace(`:${first.port}/`, `:${target.service.port}/`);
-  class Redirected extends WebSocket {
-    constructor(url: string) {
-      super(rewrite(url));
-    }
-  }
-  const redirected: typeof fetch = (input, init) => fetch(rewrite(String(input)), init);
-  const retry = { fetch: redirected, minRetryMs: 20, maxRetryMs: 200 };
+  const redirected = redirect(first, target);
+  const retry = { fetch: redirected.fetch, minRetryMs: 20, maxRetryMs: 200 };
   const transports: Record<TransportKind, TransportFactory | undefined> = {
     websocket: undefined,
     sse: sseTransport({ ...retry, keepAliveMs: 15_000 }),
@@ -68,10 +61,10 @@ function session(kind: TransportKind, target: { service: Service }) {
   const client = new HeraldClient({
     token: () => target.service.token,
     baseUrl: first.baseUrl,
-    WebSocket: Redirected,
+    WebSocket: redirected.WebSocket,
     transport: transports[kind],
     fallbacks: [],
-    fetch: redirected,
+    fetch: redirected.fetch,
     platform: net.platform,
     storage: memoryStorage(),
     minReconnectDelayMs: 20,

@@ -6,10 +6,9 @@
 // from there and miss what changed; with the hash of its last event the client is told
 // `history_rewritten`, and the store reloads the snapshot and resubscribes after its seq.
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import WebSocket from 'ws';
 import { HeraldClient, createProjectStore, memoryStorage, type Resync } from '@herald/client';
 import { fakePlatform } from './fakes';
-import { Service, until } from './service';
+import { Service, redirect, until } from './service';
 
 /** The primary the client starts on, and the promoted standby whose log diverges from it. */
 let primary: Service;
@@ -34,25 +33,15 @@ it('sends afterHash on its resume and reloads on history_rewritten, then misses 
   await publish(standby, id, 6); // the new primary: seqs 1..6, none of them the events the client has
 
   const target = { service: primary };
-  const rewrite = (url: string) => url.replace(`:${primary.port}/`, `:${target.service.port}/`);
   const sent: Record<string, unknown>[] = [];
-  class Redirected extends WebSocket {
-    constructor(url: string) {
-      super(rewrite(url));
-    }
-    override send(data: unknown, ...rest: unknown[]): void {
-      if (typeof data === 'string') sent.push(JSON.parse(data) as Record<string, unknown>);
-      (super.send as (...args: unknown[]) => void)(data, ...rest);
-    }
-  }
-  const redirected: typeof fetch = (input, init) => fetch(rewrite(String(input)), init);
+  const redirected = redirect(primary, target, sent);
   const net = fakePlatform();
   const client = new HeraldClient({
     token: () => target.service.token,
     baseUrl: primary.baseUrl,
-    WebSocket: Redirected,
+    WebSocket: redirected.WebSocket,
     fallbacks: [],
-    fetch: redirected,
+    fetch: redirected.fetch,
     platform: net.platform,
     storage: memoryStorage(),
     minReconnectDelayMs: 20,

@@ -230,6 +230,26 @@ export class Service {
 }
 
 /**
+ * The client's ways to `address` (its WebSocket and its fetch), sent to `target.service` instead:
+ * switching `target.service` is the database behind the address changing (a failover, a fresh one).
+ * With `sent`, the JSON frames the client sends over its sockets are collected there.
+ */
+export function redirect(address: Service, target: { service: Service }, sent?: Record<string, unknown>[]) {
+  const rewrite = (url: string) => url.replace(`:${address.port}/`, `:${target.service.port}/`);
+  class Redirected extends WebSocket {
+    constructor(url: string) {
+      super(rewrite(url));
+    }
+    override send(data: unknown, ...rest: unknown[]): void {
+      if (sent !== undefined && typeof data === 'string') sent.push(JSON.parse(data) as Record<string, unknown>);
+      (super.send as (...args: unknown[]) => void)(data, ...rest);
+    }
+  }
+  const redirected: typeof fetch = (input, init) => fetch(rewrite(String(input)), init);
+  return { WebSocket: Redirected, fetch: redirected };
+}
+
+/**
  * Switches a test turns to block the client's ways to the (real, untouched) service: `ws` sends the
  * client's sockets to a port nothing listens on (refused at once), `sse` fails its event streams.
  */
